@@ -1,0 +1,1005 @@
+//! Tests of the store against real files in temporary directories.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::domain::{Identity, TokenFormat};
+
+const NOW: UnixSeconds = 1_000_000;
+const MAX_TTL: i64 = 3600;
+
+fn opts(dir: &Path, fsync: FsyncMode, max_entries: usize) -> StoreOptions {
+    StoreOptions { data_dir: dir.to_path_buf(), fsync, max_entries, max_ttl_seconds: MAX_TTL }
+}
+
+fn open_at(dir: &Path, now: UnixSeconds) -> (StoreCore, LoadReport) {
+    StoreCore::open_with(opts(dir, FsyncMode::Never, 1000), StoreTuning::default(), now).unwrap()
+}
+
+fn new_session(id: &str, user: &str, expires_at: UnixSeconds) -> NewSession {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("ip".to_string(), "203.0.113.7".to_string());
+    NewSession {
+        identity: Identity {
+            user_id: user.to_string(),
+            email: format!("{user}@example.com"),
+            role: "user".to_string(),
+            session_id: id.to_string(),
+            format: TokenFormat::Enhanced,
+            issued_at: None,
+            expires_at,
+        },
+        expires_at,
+        attributes,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
+}
+
+fn wait(d: Durable) {
+    rt().block_on(d.wait()).unwrap();
+}
+
+fn create(
+    s: &mut StoreCore,
+    id: &str,
+    user: &str,
+    exp: UnixSeconds,
+    now: UnixSeconds,
+) -> CreateOutcome {
+    let (o, d) = s.create(new_session(id, user, exp), now);
+    wait(d);
+    o
+}
+
+fn revoke(s: &mut StoreCore, id: &str, now: UnixSeconds) -> RevokeOutcome {
+    let (o, d) = s.revoke(id, now);
+    wait(d);
+    o
+}
+
+fn refresh(s: &mut StoreCore, id: &str, ttl: Option<i64>, now: UnixSeconds) -> RefreshOutcome {
+    let (o, d) = s.refresh(id, ttl, now);
+    wait(d);
+    o
+}
+
+fn live(s: &StoreCore, id: &str, now: UnixSeconds) -> Session {
+    match s.get(id, now) {
+        Lookup::Live(s) => s,
+        other => panic!("{id} is not live: {other:?}"),
+    }
+}
+
+fn log_path(dir: &Path) -> std::path::PathBuf {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    logs.pop().unwrap()
+}
+
+// ---- create ---------------------------------------------------------------------------------
+
+#[test]
+fn create_stores_with_created_at_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    let o = create(&mut s, "s1", "u1", NOW + 100, NOW);
+    let CreateOutcome::Created(sess) = o else { panic!("{o:?}") };
+    assert_eq!(sess.session_id, "s1");
+    assert_eq!(sess.user_id, "u1");
+    assert_eq!(sess.email, "u1@example.com");
+    assert_eq!(sess.role, "user");
+    assert_eq!(sess.format, TokenFormat::Enhanced);
+    assert_eq!(sess.created_at, NOW);
+    assert_eq!(sess.expires_at, NOW + 100);
+    assert_eq!(sess.attributes.get("ip").map(String::as_str), Some("203.0.113.7"));
+    assert_eq!(live(&s, "s1", NOW + 1), sess);
+}
+
+#[test]
+fn create_again_answers_existing_or_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    let CreateOutcome::Created(first) = create(&mut s, "s1", "u1", NOW + 100, NOW) else {
+        panic!()
+    };
+    // Same user: the stored one, unchanged (not the new expiry, not the new created_at).
+    assert_eq!(create(&mut s, "s1", "u1", NOW + 500, NOW + 5), CreateOutcome::Existing(first));
+    assert_eq!(create(&mut s, "s1", "u2", NOW + 500, NOW + 5), CreateOutcome::Conflict);
+    assert_eq!(live(&s, "s1", NOW + 5).user_id, "u1");
+}
+
+#[test]
+fn create_of_a_revoked_id_is_refused_until_the_tombstone_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    revoke(&mut s, "s1", NOW + 1);
+    assert_eq!(create(&mut s, "s1", "u1", NOW + 200, NOW + 2), CreateOutcome::Revoked);
+    assert_eq!(create(&mut s, "s1", "u1", NOW + 200, NOW + 99), CreateOutcome::Revoked);
+    assert!(matches!(create(&mut s, "s1", "u1", NOW + 200, NOW + 100), CreateOutcome::Created(_)));
+    assert_eq!(s.stats().tombstones, 0);
+}
+
+#[test]
+fn create_replaces_an_expired_session_not_yet_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 10, NOW);
+    assert!(matches!(create(&mut s, "s1", "u2", NOW + 100, NOW + 10), CreateOutcome::Created(_)));
+    assert!(s.list_user("u1", NOW + 10).is_empty());
+    assert_eq!(s.list_user("u2", NOW + 10).len(), 1);
+    assert_eq!(s.stats().users, 1);
+}
+
+#[test]
+fn full_refuses_creates_but_never_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) =
+        StoreCore::open_with(opts(dir.path(), FsyncMode::Never, 3), StoreTuning::default(), NOW)
+            .unwrap();
+    for i in 0..3 {
+        assert!(matches!(
+            create(&mut s, &format!("s{i}"), "u", NOW + 100, NOW),
+            CreateOutcome::Created(_)
+        ));
+    }
+    assert_eq!(create(&mut s, "s3", "u", NOW + 100, NOW), CreateOutcome::Full);
+    // Existing answers still work when full.
+    assert!(matches!(create(&mut s, "s0", "u", NOW + 100, NOW), CreateOutcome::Existing(_)));
+    // Revocations go over the limit.
+    assert!(revoke(&mut s, "unknown-1", NOW).newly_revoked);
+    assert!(revoke(&mut s, "unknown-2", NOW).newly_revoked);
+    assert!(revoke(&mut s, "s0", NOW).newly_revoked);
+    let st = s.stats();
+    assert_eq!(st.live_sessions + st.tombstones, 5);
+    assert_eq!(s.get("unknown-2", NOW), Lookup::Revoked);
+    assert_eq!(create(&mut s, "s4", "u", NOW + 100, NOW), CreateOutcome::Full);
+}
+
+#[test]
+fn full_drops_expired_entries_before_refusing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) =
+        StoreCore::open_with(opts(dir.path(), FsyncMode::Never, 2), StoreTuning::default(), NOW)
+            .unwrap();
+    create(&mut s, "a", "u", NOW + 10, NOW);
+    create(&mut s, "b", "u", NOW + 100, NOW);
+    assert_eq!(create(&mut s, "c", "u", NOW + 100, NOW + 5), CreateOutcome::Full);
+    assert!(matches!(create(&mut s, "c", "u", NOW + 100, NOW + 10), CreateOutcome::Created(_)));
+}
+
+#[test]
+fn an_oversized_create_fails_without_changing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    let mut n = new_session("big", "u", NOW + 100);
+    n.attributes.insert("blob".into(), "x".repeat(MAX_PAYLOAD_BYTES));
+    let (_, d) = s.create(n, NOW);
+    assert!(rt().block_on(d.wait()).is_err());
+    assert_eq!(s.get("big", NOW), Lookup::Missing);
+    assert_eq!(s.stats().live_sessions, 0);
+}
+
+// ---- get ------------------------------------------------------------------------------------
+
+#[test]
+fn get_answers_live_revoked_or_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    create(&mut s, "s2", "u1", NOW + 100, NOW);
+    revoke(&mut s, "s2", NOW);
+    assert!(matches!(s.get("s1", NOW + 99), Lookup::Live(_)));
+    // Expired: missing even before the sweep.
+    assert_eq!(s.get("s1", NOW + 100), Lookup::Missing);
+    assert_eq!(s.stats().live_sessions, 1);
+    assert_eq!(s.get("s2", NOW + 99), Lookup::Revoked);
+    assert_eq!(s.get("s2", NOW + 100), Lookup::Missing);
+    assert_eq!(s.get("nope", NOW), Lookup::Missing);
+}
+
+// ---- refresh --------------------------------------------------------------------------------
+
+#[test]
+fn refresh_sets_expiry_from_ttl_or_created_length_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    let RefreshOutcome::Refreshed(r) = refresh(&mut s, "s1", Some(500), NOW + 50) else { panic!() };
+    assert_eq!(r.expires_at, NOW + 550);
+    assert_eq!(r.created_at, NOW);
+    assert_eq!(live(&s, "s1", NOW + 50).expires_at, NOW + 550);
+    // None: the created length (100), not the last ttl.
+    let RefreshOutcome::Refreshed(r) = refresh(&mut s, "s1", None, NOW + 60) else { panic!() };
+    assert_eq!(r.expires_at, NOW + 160);
+    // Capped at now + max_ttl.
+    let RefreshOutcome::Refreshed(r) = refresh(&mut s, "s1", Some(i64::MAX), NOW + 70) else {
+        panic!()
+    };
+    assert_eq!(r.expires_at, NOW + 70 + MAX_TTL);
+}
+
+#[test]
+fn refresh_with_a_created_length_over_max_ttl_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 10 * MAX_TTL, NOW);
+    let RefreshOutcome::Refreshed(r) = refresh(&mut s, "s1", None, NOW + 1) else { panic!() };
+    assert_eq!(r.expires_at, NOW + 1 + MAX_TTL);
+}
+
+#[test]
+fn refresh_answers_revoked_or_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    create(&mut s, "s2", "u1", NOW + 100, NOW);
+    revoke(&mut s, "s2", NOW);
+    assert_eq!(refresh(&mut s, "s2", None, NOW), RefreshOutcome::Revoked);
+    assert_eq!(refresh(&mut s, "nope", None, NOW), RefreshOutcome::Missing);
+    assert_eq!(refresh(&mut s, "s1", Some(10), NOW + 100), RefreshOutcome::Missing);
+}
+
+// ---- revoke ---------------------------------------------------------------------------------
+
+#[test]
+fn revoke_of_a_live_session_keeps_it_revoked_until_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    assert_eq!(
+        revoke(&mut s, "s1", NOW + 1),
+        RevokeOutcome { newly_revoked: true, user_id: Some("u1".into()) }
+    );
+    assert_eq!(
+        revoke(&mut s, "s1", NOW + 2),
+        RevokeOutcome { newly_revoked: false, user_id: None }
+    );
+    assert_eq!(s.get("s1", NOW + 99), Lookup::Revoked);
+    assert_eq!(s.get("s1", NOW + 100), Lookup::Missing);
+    assert!(s.list_user("u1", NOW).is_empty());
+    assert_eq!(s.stats().users, 0);
+}
+
+#[test]
+fn revoke_of_an_unknown_id_refuses_it_for_max_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    assert_eq!(revoke(&mut s, "future", NOW), RevokeOutcome { newly_revoked: true, user_id: None });
+    assert_eq!(create(&mut s, "future", "u", NOW + 50, NOW + 10), CreateOutcome::Revoked);
+    assert_eq!(s.get("future", NOW + MAX_TTL - 1), Lookup::Revoked);
+    assert_eq!(s.get("future", NOW + MAX_TTL), Lookup::Missing);
+}
+
+#[test]
+fn revoke_of_an_expired_session_counts_as_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 10, NOW);
+    assert_eq!(
+        revoke(&mut s, "s1", NOW + 10),
+        RevokeOutcome { newly_revoked: true, user_id: None }
+    );
+    assert_eq!(s.get("s1", NOW + 10 + MAX_TTL - 1), Lookup::Revoked);
+    assert_eq!(s.stats().live_sessions, 0);
+    assert_eq!(s.stats().users, 0);
+}
+
+// ---- users ----------------------------------------------------------------------------------
+
+#[test]
+fn list_user_is_live_sessions_by_created_at_then_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "b", "u1", NOW + 100, NOW);
+    create(&mut s, "a", "u1", NOW + 100, NOW);
+    create(&mut s, "0", "u1", NOW + 100, NOW + 1);
+    create(&mut s, "short", "u1", NOW + 5, NOW);
+    create(&mut s, "gone", "u1", NOW + 100, NOW);
+    create(&mut s, "other", "u2", NOW + 100, NOW);
+    revoke(&mut s, "gone", NOW);
+    let ids: Vec<_> = s.list_user("u1", NOW + 5).into_iter().map(|s| s.session_id).collect();
+    assert_eq!(ids, ["a", "b", "0"]);
+    assert!(s.list_user("nobody", NOW).is_empty());
+}
+
+#[test]
+fn revoke_user_revokes_every_live_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "b", "u1", NOW + 100, NOW);
+    create(&mut s, "a", "u1", NOW + 200, NOW);
+    create(&mut s, "old", "u1", NOW + 5, NOW);
+    create(&mut s, "other", "u2", NOW + 100, NOW);
+    let (ids, d) = s.revoke_user("u1", NOW + 5);
+    wait(d);
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(s.get("a", NOW + 150), Lookup::Revoked);
+    assert_eq!(s.get("b", NOW + 50), Lookup::Revoked);
+    assert!(matches!(s.get("other", NOW + 50), Lookup::Live(_)));
+    assert!(s.list_user("u1", NOW + 5).is_empty());
+    let (ids, d) = s.revoke_user("u1", NOW + 5);
+    wait(d);
+    assert!(ids.is_empty());
+    drop(s);
+    let (s, _) = open_at(dir.path(), NOW + 6);
+    assert_eq!(s.get("a", NOW + 150), Lookup::Revoked);
+    assert_eq!(s.get("b", NOW + 50), Lookup::Revoked);
+}
+
+// ---- sweep ----------------------------------------------------------------------------------
+
+#[test]
+fn sweep_drops_expired_sessions_and_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "a", "u1", NOW + 10, NOW);
+    create(&mut s, "b", "u1", NOW + 20, NOW);
+    create(&mut s, "c", "u2", NOW + 30, NOW);
+    revoke(&mut s, "c", NOW);
+    assert_eq!(s.sweep(NOW + 9), 0);
+    assert_eq!(s.sweep(NOW + 20), 2);
+    let st = s.stats();
+    assert_eq!((st.live_sessions, st.tombstones, st.users), (0, 1, 0));
+    assert_eq!(s.sweep(NOW + 30), 1);
+    assert_eq!(s.stats().tombstones, 0);
+}
+
+// ---- durability -----------------------------------------------------------------------------
+
+#[test]
+fn reopen_restores_sessions_tombstones_expiries_and_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    create(&mut s, "s2", "u1", NOW + 100, NOW);
+    create(&mut s, "s3", "u2", NOW + 100, NOW);
+    refresh(&mut s, "s1", Some(1000), NOW + 10);
+    revoke(&mut s, "s3", NOW + 10);
+    revoke(&mut s, "never-seen", NOW + 10);
+    let before: Vec<_> = ["s1", "s2"].iter().map(|id| live(&s, id, NOW + 20)).collect();
+    drop(s);
+    let (s, report) = open_at(dir.path(), NOW + 20);
+    assert_eq!(report.sessions, 2);
+    assert_eq!(report.tombstones, 2);
+    assert_eq!(report.records, 6);
+    assert_eq!(report.truncated_bytes, 0);
+    let after: Vec<_> = ["s1", "s2"].iter().map(|id| live(&s, id, NOW + 20)).collect();
+    assert_eq!(before, after);
+    assert_eq!(after[0].expires_at, NOW + 1010);
+    assert_eq!(s.get("s3", NOW + 20), Lookup::Revoked);
+    assert_eq!(s.get("never-seen", NOW + 20), Lookup::Revoked);
+    assert_eq!(s.list_user("u1", NOW + 20), before);
+    assert!(s.list_user("u2", NOW + 20).is_empty());
+}
+
+#[test]
+fn reopen_drops_what_has_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "a", "u1", NOW + 10, NOW);
+    create(&mut s, "b", "u1", NOW + 100, NOW);
+    revoke(&mut s, "b", NOW);
+    create(&mut s, "c", "u1", NOW + 10, NOW);
+    refresh(&mut s, "c", Some(500), NOW + 5);
+    drop(s);
+    let (s, report) = open_at(dir.path(), NOW + 100);
+    assert_eq!((report.sessions, report.tombstones), (1, 0));
+    assert_eq!(report.expired_dropped, 2);
+    assert_eq!(s.list_user("u1", NOW + 100).len(), 1);
+    assert_eq!(s.get("c", NOW + 100).clone(), Lookup::Live(live(&s, "c", NOW + 100)));
+}
+
+/// Writes three sessions; answers the log path and the byte offset where the third starts.
+fn three_sessions(dir: &Path) -> (std::path::PathBuf, u64) {
+    let (mut s, _) = open_at(dir, NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    create(&mut s, "s2", "u1", NOW + 100, NOW);
+    s.flush().unwrap();
+    let before_third = s.stats().log_bytes;
+    create(&mut s, "s3", "u1", NOW + 100, NOW);
+    drop(s);
+    (log_path(dir), before_third)
+}
+
+fn assert_first_two_only(dir: &Path, good_len: u64, cut: u64) {
+    let (s, report) = open_at(dir, NOW + 1);
+    assert_eq!(report.truncated_bytes, cut);
+    assert_eq!(report.records, 2);
+    assert!(matches!(s.get("s1", NOW + 1), Lookup::Live(_)));
+    assert!(matches!(s.get("s2", NOW + 1), Lookup::Live(_)));
+    assert_eq!(s.get("s3", NOW + 1), Lookup::Missing);
+    assert_eq!(std::fs::metadata(log_path(dir)).unwrap().len(), good_len);
+    drop(s);
+    // Appending after the cut works and survives another reopen.
+    let (mut s, report) = open_at(dir, NOW + 1);
+    assert_eq!(report.truncated_bytes, 0);
+    create(&mut s, "s4", "u1", NOW + 100, NOW + 1);
+    drop(s);
+    let (s, report) = open_at(dir, NOW + 1);
+    assert_eq!((report.records, report.truncated_bytes), (3, 0));
+    assert!(matches!(s.get("s4", NOW + 1), Lookup::Live(_)));
+}
+
+#[test]
+fn a_torn_tail_is_cut_off() {
+    for keep in [1u64, 4, 8, 9, 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, good) = three_sessions(dir.path());
+        let full = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(good + keep).unwrap();
+        assert!(good + keep < full);
+        drop(f);
+        assert_first_two_only(dir.path(), good, keep);
+    }
+}
+
+#[test]
+fn garbage_after_the_last_record_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = three_sessions(dir.path());
+    let good = std::fs::metadata(&path).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"\x13\x00\x00\x00garbage garbage garbage").unwrap();
+    drop(f);
+    let (s, report) = open_at(dir.path(), NOW + 1);
+    assert_eq!(report.records, 3);
+    assert_eq!(report.truncated_bytes, 27);
+    assert!(matches!(s.get("s3", NOW + 1), Lookup::Live(_)));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_record_cuts_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, good) = three_sessions(dir.path());
+    let full = std::fs::metadata(&path).unwrap().len();
+    for offset in [good + 5, good + 12, full - 1] {
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[offset as usize] ^= 0x40;
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::write(copy.path().join(path.file_name().unwrap()), &bytes).unwrap();
+        assert_first_two_only(copy.path(), good, full - good);
+    }
+}
+
+#[test]
+fn a_record_of_an_unknown_kind_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = three_sessions(dir.path());
+    #[derive(serde::Serialize)]
+    struct Future {
+        k: &'static str,
+        v: u32,
+    }
+    let payload = rmp_serde::to_vec_named(&Future { k: "journal", v: 1 }).unwrap();
+    let len = (payload.len() as u32).to_le_bytes();
+    let crc = record::frame_crc(len, &payload).to_le_bytes();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&len).unwrap();
+    f.write_all(&crc).unwrap();
+    f.write_all(&payload).unwrap();
+    drop(f);
+    let (s, report) = open_at(dir.path(), NOW + 1);
+    assert_eq!((report.records, report.skipped_records), (3, 1));
+    assert_eq!(report.truncated_bytes, 0);
+    assert!(matches!(s.get("s3", NOW + 1), Lookup::Live(_)));
+}
+
+#[test]
+fn compaction_preserves_state_and_switches_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, r) = open_at(dir.path(), NOW);
+    assert_eq!(r.generation, 1);
+    for i in 0..50 {
+        create(&mut s, &format!("s{i}"), &format!("u{}", i % 7), NOW + 100 + i, NOW);
+    }
+    for i in 0..10 {
+        refresh(&mut s, &format!("s{i}"), Some(1000), NOW + 1);
+        revoke(&mut s, &format!("s{}", 10 + i), NOW + 1);
+    }
+    create(&mut s, "short", "u0", NOW + 2, NOW);
+    let expect: Vec<_> = (0..7).map(|u| s.list_user(&format!("u{u}"), NOW + 2)).collect();
+    let before = s.stats().log_bytes;
+    s.compact(NOW + 2);
+    // Writes queued after the snapshot go to the new generation.
+    create(&mut s, "after", "u9", NOW + 100, NOW + 2);
+    s.flush().unwrap();
+    let st = s.stats();
+    assert_eq!((st.generation, st.compactions), (2, 1));
+    assert!(st.log_bytes < before, "{} < {before}", st.log_bytes);
+    let path = log_path(dir.path());
+    assert!(path.ends_with(log::file_name(2)));
+    drop(s);
+    let (s, report) = open_at(dir.path(), NOW + 2);
+    assert_eq!(report.generation, 2);
+    // 40 sessions and 10 tombstones in the snapshot ("short" expired), then "after".
+    assert_eq!(report.records, 51);
+    let got: Vec<_> = (0..7).map(|u| s.list_user(&format!("u{u}"), NOW + 2)).collect();
+    assert_eq!(got, expect);
+    for i in 0..10 {
+        assert_eq!(s.get(&format!("s{}", 10 + i), NOW + 2), Lookup::Revoked);
+        assert_eq!(live(&s, &format!("s{i}"), NOW + 2).expires_at, NOW + 1001);
+    }
+    assert!(matches!(s.get("after", NOW + 2), Lookup::Live(_)));
+}
+
+#[test]
+fn compaction_starts_by_itself_past_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = StoreTuning { compact_min_bytes: 4096, ..StoreTuning::default() };
+    let (mut s, _) =
+        StoreCore::open_with(opts(dir.path(), FsyncMode::Never, 10_000), tuning.clone(), NOW)
+            .unwrap();
+    // Many refreshes of few sessions: the log grows, the state does not.
+    for i in 0..5 {
+        create(&mut s, &format!("s{i}"), "u", NOW + 100, NOW);
+    }
+    for round in 0..400 {
+        refresh(&mut s, &format!("s{}", round % 5), Some(100 + round), NOW);
+    }
+    s.flush().unwrap();
+    let st = s.stats();
+    assert!(st.compactions >= 1, "{st:?}");
+    assert!(st.log_bytes < 8192, "{st:?}");
+    let expect: Vec<_> = s.list_user("u", NOW);
+    drop(s);
+    let (s, _) =
+        StoreCore::open_with(opts(dir.path(), FsyncMode::Never, 10_000), tuning, NOW).unwrap();
+    assert_eq!(s.list_user("u", NOW), expect);
+}
+
+#[test]
+fn leftover_tmp_and_old_generations_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    s.compact(NOW);
+    create(&mut s, "s2", "u1", NOW + 100, NOW);
+    s.flush().unwrap();
+    drop(s);
+    let d = dir.path();
+    // A crash in the middle of a later snapshot, and one between rename and delete.
+    std::fs::write(d.join(log::tmp_file_name(3)), b"SESSIONDhalf-written").unwrap();
+    std::fs::copy(d.join(log::file_name(2)), d.join(log::file_name(1))).unwrap();
+    let (s, report) = open_at(d, NOW);
+    assert_eq!(report.generation, 2);
+    assert!(!d.join(log::tmp_file_name(3)).exists());
+    assert!(!d.join(log::file_name(1)).exists());
+    assert!(matches!(s.get("s1", NOW), Lookup::Live(_)));
+    assert!(matches!(s.get("s2", NOW), Lookup::Live(_)));
+    drop(s);
+    // The next snapshot reuses no name: generation 3.
+    let (mut s, _) = open_at(d, NOW);
+    s.compact(NOW);
+    s.flush().unwrap();
+    assert_eq!(s.stats().generation, 3);
+}
+
+#[test]
+fn a_second_open_of_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open_at(dir.path(), NOW);
+    let err = StoreCore::open(opts(dir.path(), FsyncMode::Never, 10)).err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    drop(s);
+    StoreCore::open(opts(dir.path(), FsyncMode::Never, 10)).unwrap();
+}
+
+#[test]
+fn always_acks_after_the_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) =
+        StoreCore::open_with(opts(dir.path(), FsyncMode::Always, 100), StoreTuning::default(), NOW)
+            .unwrap();
+    assert_eq!(s.stats().last_fsync_at_ms, None);
+    let (_, d) = s.create(new_session("s1", "u", NOW + 100), NOW);
+    assert!(!d.is_ready());
+    wait(d);
+    let st = s.stats();
+    assert!(st.last_fsync_at_ms.is_some());
+    assert_eq!(st.write_errors, 0);
+    assert!(st.log_healthy);
+    // An answer that depends on a durable write does not wait; nothing is pending.
+    let (o, d) = s.create(new_session("s1", "u", NOW + 100), NOW);
+    assert!(matches!(o, CreateOutcome::Existing(_)));
+    assert!(d.is_ready());
+}
+
+#[test]
+fn an_answer_that_depends_on_a_pending_write_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) =
+        StoreCore::open_with(opts(dir.path(), FsyncMode::Always, 100), StoreTuning::default(), NOW)
+            .unwrap();
+    let (_, first) = s.revoke("x", NOW);
+    let (o, second) = s.revoke("x", NOW);
+    assert!(!o.newly_revoked);
+    // Either the first is already durable (ready) or the second waits for the same fsync.
+    let rt = rt();
+    rt.block_on(second.wait()).unwrap();
+    rt.block_on(first.wait()).unwrap();
+}
+
+#[test]
+fn interval_mode_fsyncs_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = StoreCore::open_with(
+        opts(dir.path(), FsyncMode::Interval(Duration::from_millis(50)), 100),
+        StoreTuning::default(),
+        NOW,
+    )
+    .unwrap();
+    create(&mut s, "s1", "u", NOW + 100, NOW);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.stats().last_fsync_at_ms.is_none() {
+        assert!(std::time::Instant::now() < deadline, "no interval fsync");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn never_mode_still_flushes_on_demand_and_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u", NOW + 100, NOW);
+    s.flush().unwrap();
+    assert!(s.stats().last_fsync_at_ms.is_some());
+    rt().block_on(s.flush_durable().wait()).unwrap();
+    // Not awaited: the drop drains the queue.
+    let (_, _unawaited) = s.create(new_session("s2", "u", NOW + 100), NOW);
+    drop(s);
+    let (s, _) = open_at(dir.path(), NOW);
+    assert!(matches!(s.get("s2", NOW), Lookup::Live(_)));
+}
+
+#[test]
+fn many_writes_without_waiting_are_all_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = StoreCore::open_with(
+        opts(dir.path(), FsyncMode::Always, 1 << 20),
+        StoreTuning::default(),
+        NOW,
+    )
+    .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..20_000 {
+        let (_, d) = s.create(new_session(&format!("s{i}"), "u", NOW + 100), NOW);
+        pending.push(d);
+    }
+    let rt = rt();
+    for d in pending {
+        rt.block_on(d.wait()).unwrap();
+    }
+    drop(s);
+    let (s, report) = StoreCore::open_with(
+        opts(dir.path(), FsyncMode::Always, 1 << 20),
+        StoreTuning::default(),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(report.sessions, 20_000);
+    assert_eq!(s.list_user("u", NOW).len(), 20_000);
+}
+
+// ---- model ----------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create { id: u8, user: u8, ttl: i64 },
+    Get { id: u8 },
+    Refresh { id: u8, ttl: Option<i64> },
+    Revoke { id: u8 },
+    ListUser { user: u8 },
+    RevokeUser { user: u8 },
+    Sweep,
+    Advance { secs: i64 },
+    Reopen,
+    Compact,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..12, 0u8..4, 1i64..200).prop_map(|(id, user, ttl)| Op::Create { id, user, ttl }),
+        2 => (0u8..12).prop_map(|id| Op::Get { id }),
+        2 => (0u8..12, proptest::option::of(0i64..200)).prop_map(|(id, ttl)| Op::Refresh { id, ttl }),
+        2 => (0u8..12).prop_map(|id| Op::Revoke { id }),
+        1 => (0u8..4).prop_map(|user| Op::ListUser { user }),
+        1 => (0u8..4).prop_map(|user| Op::RevokeUser { user }),
+        1 => Just(Op::Sweep),
+        2 => (0i64..80).prop_map(|secs| Op::Advance { secs }),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Compact),
+    ]
+}
+
+const MODEL_MAX_TTL: i64 = 150;
+
+#[derive(Default)]
+struct Model {
+    sessions: HashMap<String, (Session, i64)>,
+    tombs: HashMap<String, i64>,
+}
+
+impl Model {
+    fn live(&self, id: &str, now: i64) -> Option<&Session> {
+        self.sessions.get(id).map(|(s, _)| s).filter(|s| s.expires_at > now)
+    }
+    fn revoked(&self, id: &str, now: i64) -> bool {
+        self.tombs.get(id).is_some_and(|t| *t > now)
+    }
+    fn create(&mut self, n: NewSession, now: i64) -> CreateOutcome {
+        let id = n.identity.session_id.clone();
+        if self.revoked(&id, now) {
+            return CreateOutcome::Revoked;
+        }
+        if let Some(s) = self.live(&id, now) {
+            return if s.user_id == n.identity.user_id {
+                CreateOutcome::Existing(s.clone())
+            } else {
+                CreateOutcome::Conflict
+            };
+        }
+        let s = Session {
+            session_id: id.clone(),
+            user_id: n.identity.user_id,
+            email: n.identity.email,
+            role: n.identity.role,
+            format: n.identity.format,
+            created_at: now,
+            expires_at: n.expires_at,
+            attributes: n.attributes,
+        };
+        self.tombs.remove(&id);
+        self.sessions.insert(id, (s.clone(), n.expires_at - now));
+        CreateOutcome::Created(s)
+    }
+    fn get(&self, id: &str, now: i64) -> Lookup {
+        match self.live(id, now) {
+            Some(s) => Lookup::Live(s.clone()),
+            None if self.revoked(id, now) => Lookup::Revoked,
+            None => Lookup::Missing,
+        }
+    }
+    fn refresh(&mut self, id: &str, ttl: Option<i64>, now: i64) -> RefreshOutcome {
+        if self.live(id, now).is_some()
+            && let Some((s, len)) = self.sessions.get_mut(id)
+        {
+            s.expires_at = (now + ttl.unwrap_or(*len)).min(now + MODEL_MAX_TTL);
+            return RefreshOutcome::Refreshed(s.clone());
+        }
+        if self.revoked(id, now) { RefreshOutcome::Revoked } else { RefreshOutcome::Missing }
+    }
+    fn revoke(&mut self, id: &str, now: i64) -> RevokeOutcome {
+        if let Some(s) = self.live(id, now).cloned() {
+            self.sessions.remove(id);
+            let t = self.tombs.entry(id.to_string()).or_insert(s.expires_at);
+            *t = (*t).max(s.expires_at);
+            return RevokeOutcome { newly_revoked: true, user_id: Some(s.user_id) };
+        }
+        if self.revoked(id, now) {
+            return RevokeOutcome { newly_revoked: false, user_id: None };
+        }
+        self.sessions.remove(id);
+        let t = self.tombs.entry(id.to_string()).or_insert(now + MODEL_MAX_TTL);
+        *t = (*t).max(now + MODEL_MAX_TTL);
+        RevokeOutcome { newly_revoked: true, user_id: None }
+    }
+    fn list_user(&self, user: &str, now: i64) -> Vec<Session> {
+        let mut v: Vec<Session> = self
+            .sessions
+            .values()
+            .map(|(s, _)| s)
+            .filter(|s| s.user_id == user && s.expires_at > now)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)));
+        v
+    }
+    fn sweep(&mut self, now: i64) -> usize {
+        let before = self.sessions.len() + self.tombs.len();
+        self.sessions.retain(|_, (s, _)| s.expires_at > now);
+        self.tombs.retain(|_, t| *t > now);
+        before - self.sessions.len() - self.tombs.len()
+    }
+}
+
+fn model_opts(dir: &Path) -> StoreOptions {
+    StoreOptions {
+        data_dir: dir.to_path_buf(),
+        fsync: FsyncMode::Never,
+        max_entries: 10_000,
+        max_ttl_seconds: MODEL_MAX_TTL,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_agrees_with_a_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let mut now = NOW;
+        let mut s = StoreCore::open_with(model_opts(dir.path()), StoreTuning::default(), now).unwrap().0;
+        let mut m = Model::default();
+        for op in ops {
+            match op {
+                Op::Create { id, user, ttl } => {
+                    let n = new_session(&format!("s{id}"), &format!("u{user}"), now + ttl);
+                    let (got, d) = s.create(n.clone(), now);
+                    rt.block_on(d.wait()).unwrap();
+                    prop_assert_eq!(got, m.create(n, now));
+                }
+                Op::Get { id } => {
+                    let id = format!("s{id}");
+                    prop_assert_eq!(s.get(&id, now), m.get(&id, now));
+                }
+                Op::Refresh { id, ttl } => {
+                    let id = format!("s{id}");
+                    let (got, d) = s.refresh(&id, ttl, now);
+                    rt.block_on(d.wait()).unwrap();
+                    prop_assert_eq!(got, m.refresh(&id, ttl, now));
+                }
+                Op::Revoke { id } => {
+                    let id = format!("s{id}");
+                    let (got, d) = s.revoke(&id, now);
+                    rt.block_on(d.wait()).unwrap();
+                    prop_assert_eq!(got, m.revoke(&id, now));
+                }
+                Op::ListUser { user } => {
+                    let u = format!("u{user}");
+                    prop_assert_eq!(s.list_user(&u, now), m.list_user(&u, now));
+                }
+                Op::RevokeUser { user } => {
+                    let u = format!("u{user}");
+                    let expect: Vec<String> =
+                        m.list_user(&u, now).into_iter().map(|s| s.session_id).collect();
+                    for id in &expect {
+                        m.revoke(id, now);
+                    }
+                    let (got, d) = s.revoke_user(&u, now);
+                    rt.block_on(d.wait()).unwrap();
+                    prop_assert_eq!(got, expect);
+                }
+                Op::Sweep => prop_assert_eq!(s.sweep(now), m.sweep(now)),
+                Op::Advance { secs } => now += secs,
+                Op::Reopen => {
+                    drop(s);
+                    let (s2, report) =
+                        StoreCore::open_with(model_opts(dir.path()), StoreTuning::default(), now)
+                            .unwrap();
+                    s = s2;
+                    prop_assert_eq!(report.truncated_bytes, 0);
+                    // Loading drops what has expired (the count is of log entries, so it is
+                    // not compared).
+                    m.sweep(now);
+                }
+                Op::Compact => {
+                    s.compact(now);
+                    s.flush().unwrap();
+                }
+            }
+            for i in 0..12 {
+                let id = format!("s{i}");
+                prop_assert_eq!(s.get(&id, now), m.get(&id, now));
+            }
+        }
+        drop(s);
+        let (s, _) = StoreCore::open_with(model_opts(dir.path()), StoreTuning::default(), now).unwrap();
+        for i in 0..12 {
+            let id = format!("s{i}");
+            prop_assert_eq!(s.get(&id, now), m.get(&id, now));
+        }
+        for u in 0..4 {
+            let u = format!("u{u}");
+            prop_assert_eq!(s.list_user(&u, now), m.list_user(&u, now));
+        }
+    }
+}
+
+// ---- scale (ignored: run with --ignored --nocapture in release) -----------------------------
+
+fn vm_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes a log of `n` typical sessions directly (as a previous run would have left it), so
+/// that this process's memory holds only what loading builds.
+fn write_typical_log(dir: &Path, n: usize, now: UnixSeconds) {
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(dir.join(log::file_name(1))).unwrap());
+    f.write_all(&record::header(record::HEADER_LEN as u64)).unwrap();
+    let mut buf = Vec::with_capacity(256);
+    let mut attrs = BTreeMap::new();
+    for i in 0..n {
+        attrs.clear();
+        attrs.insert("ip".to_string(), format!("10.{}.{}.{}", i % 250, i / 250 % 250, i % 7));
+        if i.is_multiple_of(2) {
+            attrs.insert("ua".to_string(), "mobile".to_string());
+        }
+        let id = format!("s{i:09}");
+        let user = format!("{}", 1_000_000 + i);
+        let email = format!("user{i:07}@example.com");
+        buf.clear();
+        record::encode_frame(
+            &mut buf,
+            &Record::Put(PutRecord {
+                id: &id,
+                user_id: &user,
+                email: &email,
+                role: "user",
+                format: TokenFormat::Enhanced,
+                created_at: now,
+                expires_at: now + 86_400,
+                created_len: 86_400,
+                attributes: Attrs::Map(&attrs),
+            }),
+        )
+        .unwrap();
+        f.write_all(&buf).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+#[test]
+#[ignore = "scale measurement: cargo test --release -p sessiond-actors load_one_million -- --ignored --nocapture"]
+fn load_one_million_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1_000_000;
+    write_typical_log(dir.path(), n, NOW);
+    let file_len = std::fs::metadata(dir.path().join(log::file_name(1))).unwrap().len();
+    let rss_before = vm_kib("VmRSS:");
+    let (mut s, report) = StoreCore::open_with(
+        opts(dir.path(), FsyncMode::Interval(Duration::from_secs(1)), 2_000_000),
+        StoreTuning::default(),
+        NOW,
+    )
+    .unwrap();
+    let rss_after = vm_kib("VmRSS:");
+    let hwm = vm_kib("VmHWM:");
+    assert_eq!(report.sessions, n);
+    println!(
+        "load: {n} sessions, {file_len} log bytes, {} ms; VmRSS before {} MiB, after {} MiB \
+         (+{} MiB), VmHWM {} MiB",
+        report.duration_ms,
+        rss_before / 1024,
+        rss_after / 1024,
+        (rss_after - rss_before) / 1024,
+        hwm / 1024
+    );
+    let t = std::time::Instant::now();
+    let dropped = s.sweep(NOW + 1);
+    println!("sweep of {n} live sessions (none due): {} ms", t.elapsed().as_millis());
+    assert_eq!(dropped, 0);
+    let t = std::time::Instant::now();
+    s.compact(NOW + 1);
+    println!("snapshot of {n} sessions queued in {} ms", t.elapsed().as_millis());
+    let t = std::time::Instant::now();
+    s.flush().unwrap();
+    println!(
+        "snapshot written and switched after another {} ms ({} bytes)",
+        t.elapsed().as_millis(),
+        s.stats().log_bytes
+    );
+    println!("VmHWM after snapshot {} MiB", vm_kib("VmHWM:") / 1024);
+}
