@@ -1,0 +1,17 @@
+//! The actors of `sessiond` and the pure parts they wrap.
+//!
+//! - [`token`]: the pure JWT verifier and normalizer ([`token::Verifier`]).
+//! - [`store`]: the embedded, durable session store ([`store::StoreCore`] and its log).
+//! - [`domain`]: identities, sessions and auth events.
+//!
+//! The actors themselves live in [`token_adapter`], [`fallback_store`], [`session_validator`]
+//! and [`coordinator`]; their messages in [`messages`].
+
+pub mod coordinator;
+pub mod domain;
+pub mod fallback_store;
+pub mod messages;
+pub mod session_validator;
+pub mod store;
+pub mod token;
+pub mod token_adapter;

@@ -1,0 +1,341 @@
+//! The SessionValidator actor: the one pipeline every route and the WebSocket handshake use:
+//! token → identity → session → the contract's answer.
+//!
+//! One instance runs on each HTTP worker's arbiter, so a request reaches it without crossing
+//! threads; tokens are verified inline with the shared [`Verifier`] snapshot, and the only hop
+//! that crosses threads is the one to the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::domain::{EventKind, Identity, NewSession, Session, UnixSeconds, now_seconds};
+use crate::fallback_store::FallbackStore;
+use crate::messages::{
+    CreateFromToken, CreateSession, FetchSession, GetSession, ListForUser, ListUserSessions,
+    RaiseEvent, RefreshById, RefreshSession, RevokeById, RevokeForUser, RevokeSession,
+    RevokeUserSessions, Validate,
+};
+use crate::store::{CreateOutcome, Lookup, RefreshOutcome, StoreError};
+use crate::token::{TokenError, Verifier};
+
+/// The most attributes a session may carry.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// The longest attribute name, in bytes.
+pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 64;
+/// The longest attribute value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+/// The longest session or user id accepted in a path, in bytes (the verifier's own bound).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Settings the pipeline needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct ValidatorSettings {
+    /// `sessions.max_ttl_seconds`.
+    pub max_ttl_seconds: i64,
+    /// `tokens.refresh_window_seconds`.
+    pub refresh_window_seconds: i64,
+}
+
+/// Which path answered a validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The session store answered.
+    Normal,
+    /// The fallback path answered (Redis unavailable).
+    Degraded,
+}
+
+impl Mode {
+    /// The lowercase name used in JSON and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Degraded => "degraded",
+        }
+    }
+}
+
+/// A successful validation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Validation {
+    /// Always true; failures are [`Failure`]s.
+    pub valid: bool,
+    /// Which path answered.
+    pub mode: Mode,
+    /// The token's normalized identity.
+    pub identity: Identity,
+    /// The session, `None` only in degraded mode for a session this instance does not know.
+    pub session: Option<Session>,
+    /// Whether the token expires within the refresh window.
+    pub refresh_recommended: bool,
+}
+
+/// The answer to a create.
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// The stored session.
+    pub session: Session,
+    /// False when the same session already existed.
+    pub created: bool,
+}
+
+/// Why a request through the pipeline failed; the daemon maps each to the contract's code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The token was rejected.
+    Token(TokenError),
+    /// No such live session.
+    SessionNotFound,
+    /// The session was revoked.
+    SessionRevoked,
+    /// The session id is already held by another user's session.
+    SessionConflict,
+    /// The store holds as many entries as it may.
+    StoreFull,
+    /// The store could not make a write durable.
+    Store(StoreError),
+    /// A parameter is out of its bounds.
+    BadRequest(String),
+}
+
+/// What every SessionValidator instance shares.
+pub struct Pipeline {
+    /// The key ring snapshot, used inline.
+    pub verifier: Arc<Verifier>,
+    /// The embedded store.
+    pub store: Addr<FallbackStore>,
+    /// Where auth events go.
+    pub events: Recipient<RaiseEvent>,
+    /// Settings from the configuration.
+    pub settings: ValidatorSettings,
+}
+
+/// The SessionValidator actor (one per HTTP worker).
+pub struct SessionValidator {
+    pipeline: Arc<Pipeline>,
+}
+
+impl SessionValidator {
+    /// A validator over the shared pipeline.
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        SessionValidator { pipeline }
+    }
+}
+
+impl Actor for SessionValidator {
+    type Context = Context<Self>;
+}
+
+fn mailbox_gone<T>(_: MailboxError) -> Result<T, Failure> {
+    Err(Failure::Store(StoreError("the session store is not answering".into())))
+}
+
+fn check_id(kind: &str, id: &str) -> Result<(), Failure> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(Failure::BadRequest(format!("{kind} must be 1 to {MAX_ID_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+fn check_ttl(ttl: Option<i64>) -> Result<(), Failure> {
+    match ttl {
+        Some(t) if t < 1 => Err(Failure::BadRequest("ttl_seconds must be at least 1".into())),
+        _ => Ok(()),
+    }
+}
+
+fn check_attributes(attrs: &BTreeMap<String, String>) -> Result<(), Failure> {
+    if attrs.len() > MAX_ATTRIBUTES {
+        return Err(Failure::BadRequest(format!("at most {MAX_ATTRIBUTES} attributes")));
+    }
+    for (k, v) in attrs {
+        if k.is_empty() || k.len() > MAX_ATTRIBUTE_KEY_BYTES {
+            return Err(Failure::BadRequest(format!(
+                "attribute names must be 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes"
+            )));
+        }
+        if v.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(Failure::BadRequest(format!(
+                "attribute values must be at most {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The expiry a create asks for: now + ttl when given, else the token's `exp`, never more
+/// than `max_ttl` ahead of now.
+pub fn create_expiry(
+    identity: &Identity,
+    ttl: Option<i64>,
+    now: UnixSeconds,
+    max_ttl: i64,
+) -> UnixSeconds {
+    let wanted = match ttl {
+        Some(t) => now.saturating_add(t),
+        None => identity.expires_at,
+    };
+    wanted.min(now.saturating_add(max_ttl))
+}
+
+impl Pipeline {
+    fn verify(&self, token: &str, now: UnixSeconds) -> Result<Identity, Failure> {
+        self.verifier.verify(token, now).map_err(Failure::Token)
+    }
+
+    fn raise(
+        &self,
+        event: EventKind,
+        session_id: Option<String>,
+        user_id: Option<String>,
+        data: serde_json::Value,
+    ) {
+        self.events.do_send(RaiseEvent { event, session_id, user_id, data });
+    }
+
+    /// Token → identity → session, the answer of `POST /api/v1/sessions/validate`.
+    pub async fn validate(&self, token: &str) -> Result<Validation, Failure> {
+        let now = now_seconds();
+        let identity = self.verify(token, now)?;
+        let lookup =
+            match self.store.send(GetSession { session_id: identity.session_id.clone() }).await {
+                Ok(l) => l,
+                Err(e) => return mailbox_gone(e),
+            };
+        let session = match lookup {
+            Lookup::Live(s) if s.user_id == identity.user_id => s,
+            // A token naming another user's session id gets nothing from it.
+            Lookup::Live(_) | Lookup::Missing => return Err(Failure::SessionNotFound),
+            Lookup::Revoked => return Err(Failure::SessionRevoked),
+        };
+        let refresh_recommended =
+            identity.expires_at.saturating_sub(now) <= self.settings.refresh_window_seconds;
+        Ok(Validation {
+            valid: true,
+            mode: Mode::Normal,
+            identity,
+            session: Some(session),
+            refresh_recommended,
+        })
+    }
+
+    async fn create(&self, msg: CreateFromToken) -> Result<Created, Failure> {
+        check_ttl(msg.ttl_seconds)?;
+        check_attributes(&msg.attributes)?;
+        let now = now_seconds();
+        let identity = self.verify(&msg.token, now)?;
+        let expires_at =
+            create_expiry(&identity, msg.ttl_seconds, now, self.settings.max_ttl_seconds);
+        let new = NewSession { identity, expires_at, attributes: msg.attributes };
+        match self.store.send(CreateSession { new }).await {
+            Err(e) => mailbox_gone(e),
+            Ok(Err(e)) => Err(Failure::Store(e)),
+            Ok(Ok(outcome)) => match outcome {
+                CreateOutcome::Created(session) => Ok(Created { session, created: true }),
+                CreateOutcome::Existing(session) => Ok(Created { session, created: false }),
+                CreateOutcome::Revoked => Err(Failure::SessionRevoked),
+                CreateOutcome::Conflict => Err(Failure::SessionConflict),
+                CreateOutcome::Full => Err(Failure::StoreFull),
+            },
+        }
+    }
+
+    async fn fetch(&self, session_id: String) -> Result<Session, Failure> {
+        check_id("session id", &session_id)?;
+        match self.store.send(GetSession { session_id }).await {
+            Err(e) => mailbox_gone(e),
+            Ok(Lookup::Live(s)) => Ok(s),
+            Ok(Lookup::Missing | Lookup::Revoked) => Err(Failure::SessionNotFound),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        session_id: String,
+        ttl_seconds: Option<i64>,
+    ) -> Result<Session, Failure> {
+        check_id("session id", &session_id)?;
+        check_ttl(ttl_seconds)?;
+        match self.store.send(RefreshSession { session_id, ttl_seconds }).await {
+            Err(e) => mailbox_gone(e),
+            Ok(Err(e)) => Err(Failure::Store(e)),
+            Ok(Ok(RefreshOutcome::Refreshed(s))) => {
+                self.raise(
+                    EventKind::SessionRefreshed,
+                    Some(s.session_id.clone()),
+                    Some(s.user_id.clone()),
+                    serde_json::json!({ "expires_at": s.expires_at }),
+                );
+                Ok(s)
+            }
+            Ok(Ok(RefreshOutcome::Revoked)) => Err(Failure::SessionRevoked),
+            Ok(Ok(RefreshOutcome::Missing)) => Err(Failure::SessionNotFound),
+        }
+    }
+
+    async fn revoke(&self, session_id: String) -> Result<(), Failure> {
+        check_id("session id", &session_id)?;
+        match self.store.send(RevokeSession { session_id: session_id.clone() }).await {
+            Err(e) => mailbox_gone(e),
+            Ok(Err(e)) => Err(Failure::Store(e)),
+            Ok(Ok(outcome)) => {
+                if outcome.newly_revoked {
+                    self.raise(
+                        EventKind::SessionRevoked,
+                        Some(session_id),
+                        outcome.user_id,
+                        serde_json::json!({}),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn list(&self, user_id: String) -> Result<Vec<Session>, Failure> {
+        check_id("user id", &user_id)?;
+        self.store.send(ListUserSessions { user_id }).await.or_else(mailbox_gone)
+    }
+
+    async fn revoke_user(&self, user_id: String) -> Result<usize, Failure> {
+        check_id("user id", &user_id)?;
+        match self.store.send(RevokeUserSessions { user_id: user_id.clone() }).await {
+            Err(e) => mailbox_gone(e),
+            Ok(Err(e)) => Err(Failure::Store(e)),
+            Ok(Ok(ids)) => {
+                self.raise(
+                    EventKind::UserSessionsRevoked,
+                    None,
+                    Some(user_id),
+                    serde_json::json!({ "revoked": ids.len() }),
+                );
+                Ok(ids.len())
+            }
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($msg:ty, $out:ty, |$p:ident, $m:ident| $body:expr) => {
+        impl Handler<$msg> for SessionValidator {
+            type Result = ResponseFuture<$out>;
+
+            fn handle(&mut self, $m: $msg, _ctx: &mut Context<Self>) -> Self::Result {
+                let $p = Arc::clone(&self.pipeline);
+                Box::pin(async move { $body.await })
+            }
+        }
+    };
+}
+
+delegate!(Validate, Result<Validation, Failure>, |p, m| p.validate(&m.token));
+delegate!(CreateFromToken, Result<Created, Failure>, |p, m| p.create(m));
+delegate!(FetchSession, Result<Session, Failure>, |p, m| p.fetch(m.session_id));
+delegate!(RefreshById, Result<Session, Failure>, |p, m| p.refresh(m.session_id, m.ttl_seconds));
+delegate!(RevokeById, Result<(), Failure>, |p, m| p.revoke(m.session_id));
+delegate!(ListForUser, Result<Vec<Session>, Failure>, |p, m| p.list(m.user_id));
+delegate!(RevokeForUser, Result<usize, Failure>, |p, m| p.revoke_user(m.user_id));
