@@ -1,0 +1,21 @@
+//! `sessiond`: the session coordination daemon. This file only dispatches; see `startup.rs`.
+
+mod api_key;
+mod cli;
+mod config;
+mod dev_keys;
+mod error;
+mod mint;
+mod request_id;
+mod routes;
+mod startup;
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let code = match cli::parse() {
+        cli::Command::Serve(a) => startup::serve(&a),
+        cli::Command::CheckConfig(a) => config::run_check_config(a.config.as_deref()),
+        cli::Command::MintToken(a) => mint::run_mint(&a),
+    };
+    std::process::exit(code);
+}

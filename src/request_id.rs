@@ -1,0 +1,174 @@
+//! The request-id middleware: every response carries `X-Request-Id` (the client's own when it
+//! is 1–128 characters of `A-Za-z0-9._-`, else a fresh one), and every error answer is rendered
+//! as the contract's JSON body with that id.
+
+use std::future::{Ready, ready};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use actix_web::Error;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use futures_util::future::LocalBoxFuture;
+
+use crate::error::{ApiError, from_status};
+
+/// The header name.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Makes fresh ids: a per-process random prefix and a counter.
+pub struct IdSource {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl IdSource {
+    pub fn new(prefix: String) -> Self {
+        IdSource { prefix, counter: AtomicU64::new(0) }
+    }
+
+    fn fresh(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
+
+/// Whether a client-supplied id may be echoed.
+pub fn acceptable(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The middleware factory.
+#[derive(Clone)]
+pub struct RequestIds {
+    ids: Arc<IdSource>,
+    body_limit: usize,
+}
+
+impl RequestIds {
+    pub fn new(ids: Arc<IdSource>, body_limit: usize) -> Self {
+        RequestIds { ids, body_limit }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for RequestIds
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Transform = RequestIdMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(RequestIdMiddleware {
+            service: Rc::new(service),
+            ids: Arc::clone(&self.ids),
+            body_limit: self.body_limit,
+        }))
+    }
+}
+
+pub struct RequestIdMiddleware<S> {
+    service: Rc<S>,
+    ids: Arc<IdSource>,
+    body_limit: usize,
+}
+
+impl<S, B> Service<ServiceRequest> for RequestIdMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let id = req
+            .headers()
+            .get(&HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| acceptable(v))
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.ids.fresh());
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.path().to_owned();
+        let service = Rc::clone(&self.service);
+        let body_limit = self.body_limit;
+        Box::pin(async move {
+            let res = match service.call(req).await {
+                Ok(res) => res,
+                // An error before a response existed: answer it here, never as a bare 500.
+                Err(e) => {
+                    let status = e.as_response_error().status_code();
+                    let api = e
+                        .as_error::<ApiError>()
+                        .cloned()
+                        .unwrap_or_else(|| from_status(status, body_limit));
+                    if api.status.is_server_error() {
+                        log::error!("request {id}: {e}");
+                    }
+                    return Err(actix_web::error::InternalError::from_response(
+                        e,
+                        with_id(api.render(&id), &id),
+                    )
+                    .into());
+                }
+            };
+            let mut res = match res.response().error() {
+                Some(err) => {
+                    let api = err
+                        .as_error::<ApiError>()
+                        .cloned()
+                        .unwrap_or_else(|| from_status(res.status(), body_limit));
+                    if api.status.is_server_error() {
+                        log::error!("request {id} {method} {path}: {err}");
+                    }
+                    res.into_response(api.render(&id))
+                }
+                None => res.map_into_boxed_body(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.headers_mut().insert(HEADER, v);
+            }
+            log::debug!(
+                "request {id} {method} {path} {} {:.3}ms",
+                res.status().as_u16(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            Ok(res)
+        })
+    }
+}
+
+fn with_id(mut res: actix_web::HttpResponse, id: &str) -> actix_web::HttpResponse {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        res.headers_mut().insert(HEADER, v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable;
+
+    #[test]
+    fn client_ids_are_checked() {
+        assert!(acceptable("abc-1.2_3"));
+        assert!(acceptable(&"a".repeat(128)));
+        assert!(!acceptable(&"a".repeat(129)));
+        assert!(!acceptable(""));
+        assert!(!acceptable("a b"));
+        assert!(!acceptable("a/b"));
+    }
+}

@@ -1,0 +1,35 @@
+//! The HTTP routes of CONTRACT.md sections 3 and 4, and the JSON 404 for everything else.
+
+mod body;
+mod probes;
+mod sessions;
+mod token_source;
+mod verify;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::error::ApiError;
+
+pub use probes::Readiness;
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .route("/sessions/validate", web::post().to(sessions::validate))
+            .route("/auth/verify", web::get().to(verify::verify))
+            .route("/sessions", web::post().to(sessions::create))
+            .route("/sessions/{session_id}", web::get().to(sessions::get))
+            .route("/sessions/{session_id}", web::delete().to(sessions::revoke))
+            .route("/sessions/{session_id}/refresh", web::post().to(sessions::refresh))
+            .route("/users/{user_id}/sessions", web::get().to(sessions::list_user))
+            .route("/users/{user_id}/sessions", web::delete().to(sessions::revoke_user)),
+    )
+    .route("/livez", web::get().to(probes::livez))
+    .route("/readyz", web::get().to(probes::readyz));
+}
+
+/// The answer for any route that does not exist (or a method a route does not take).
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!("no such route: {} {}", req.method(), req.path())))
+}

@@ -1,0 +1,195 @@
+//! `sessiond serve`: builds the actors from the configuration, binds the listener, runs until
+//! SIGTERM/SIGINT, then flushes the fallback store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{App, HttpServer, web};
+use sessiond_actors::coordinator::{Coordinator, random_instance_id};
+use sessiond_actors::fallback_store::FallbackStore;
+use sessiond_actors::messages::FlushStore;
+use sessiond_actors::session_validator::{Pipeline, SessionValidator, ValidatorSettings};
+use sessiond_actors::store::{StoreCore, StoreOptions};
+use sessiond_actors::token::{self, Verifier};
+use sessiond_actors::token_adapter::TokenAdapter;
+
+use crate::api_key::ApiKeys;
+use crate::cli::ServeArgs;
+use crate::config::Config;
+use crate::request_id::{IdSource, RequestIds};
+use crate::routes::{self, Readiness};
+use crate::{config, dev_keys};
+
+/// How long in-flight requests get to finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What the HTTP handlers need from the configuration.
+pub struct HttpSettings {
+    /// `ws.cookie_name`: the cookie forward-auth (and later the WebSocket) reads a token from.
+    pub cookie_name: String,
+}
+
+/// A start-up failure, printed as one line and exit 1.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl<E: std::fmt::Display> From<E> for StartError {
+    fn from(e: E) -> Self {
+        StartError(e.to_string())
+    }
+}
+
+/// Everything built before the actor system starts (all of it can fail with a clear message).
+struct Prepared {
+    config: Config,
+    verifier: Arc<Verifier>,
+    api_keys: ApiKeys,
+    store: StoreCore,
+    listen: SocketAddr,
+    dev_note: Option<dev_keys::DevKeys>,
+}
+
+fn prepare(args: &ServeArgs) -> Result<Prepared, StartError> {
+    let mut config = config::load(args.config.as_deref())?;
+    let data_dir = config.data_dir();
+    let dev_note = if args.dev {
+        let keys = dev_keys::ensure_dev_keys(&data_dir).map_err(|e| {
+            StartError(format!("--dev: cannot write keys into {}: {e}", data_dir.display()))
+        })?;
+        dev_keys::apply_dev_keys(&mut config, &keys);
+        Some(keys)
+    } else {
+        None
+    };
+    token::crypto_self_test().map_err(|e| StartError(format!("crypto backend unusable: {e}")))?;
+    let verifier = Arc::new(Verifier::new(config.token_settings()?)?);
+    let api_keys = config.api_keys()?;
+    log::info!("{} API key(s) configured", api_keys.len());
+    if api_keys.is_empty() {
+        log::warn!(
+            "no API key configured (api.keys, api.keys_file): management routes will refuse every request"
+        );
+    }
+    let listen: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .map_err(|e| StartError(format!("config key server.listen: {e}")))?;
+    let (store, report) = StoreCore::open(StoreOptions {
+        data_dir: data_dir.clone(),
+        fsync: config.fsync_mode(),
+        max_entries: config.fallback.max_entries,
+        max_ttl_seconds: config.sessions.max_ttl_seconds,
+    })
+    .map_err(|e| StartError(format!("fallback store in {}: {e}", data_dir.display())))?;
+    log::info!(
+        "fallback store loaded from {}: {} sessions, {} revocations, {} records in {} ms{}",
+        data_dir.display(),
+        report.sessions,
+        report.tombstones,
+        report.records,
+        report.duration_ms,
+        if report.truncated_bytes > 0 {
+            format!(" ({} bytes of torn tail cut off)", report.truncated_bytes)
+        } else {
+            String::new()
+        }
+    );
+    Ok(Prepared { config, verifier, api_keys: ApiKeys::new(&api_keys), store, listen, dev_note })
+}
+
+/// Runs `sessiond serve`; returns the process exit code.
+pub fn serve(args: &ServeArgs) -> i32 {
+    let prepared = match prepare(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sessiond: {}", e.0);
+            return 1;
+        }
+    };
+    let system = actix_rt::System::new();
+    match system.block_on(run(prepared)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("sessiond: {}", e.0);
+            1
+        }
+    }
+}
+
+async fn run(p: Prepared) -> Result<(), StartError> {
+    let config = p.config;
+    let instance_id = random_instance_id();
+    log::info!("instance {instance_id} starting (embedded store)");
+
+    let store_arbiter = Arbiter::new();
+    let core = p.store;
+    let store =
+        FallbackStore::start_in_arbiter(&store_arbiter.handle(), move |_| FallbackStore::new(core));
+    let coordinator = Coordinator::new(instance_id.clone()).start();
+    let _token_adapter = TokenAdapter::new(Arc::clone(&p.verifier)).start();
+
+    let pipeline = Arc::new(Pipeline {
+        verifier: p.verifier,
+        store: store.clone(),
+        events: coordinator.clone().recipient(),
+        settings: ValidatorSettings {
+            max_ttl_seconds: config.sessions.max_ttl_seconds,
+            refresh_window_seconds: config.tokens.refresh_window_seconds,
+        },
+    });
+    let max_body = config.server.max_body_bytes;
+    let api_keys = web::Data::new(p.api_keys);
+    let settings = web::Data::new(HttpSettings { cookie_name: config.ws.cookie_name.clone() });
+    let readiness = Readiness::default();
+    let readiness_data = web::Data::new(readiness.clone());
+    let coordinator_data = web::Data::new(coordinator.clone());
+    let ids = Arc::new(IdSource::new(instance_id.clone()));
+
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let server = HttpServer::new(move || {
+        // One validator per worker: requests reach it without crossing threads.
+        let validator = SessionValidator::new(Arc::clone(&pipeline)).start();
+        App::new()
+            .app_data(web::Data::new(validator))
+            .app_data(api_keys.clone())
+            .app_data(settings.clone())
+            .app_data(readiness_data.clone())
+            .app_data(coordinator_data.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .wrap(RequestIds::new(Arc::clone(&ids), max_body))
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+    })
+    .workers(workers)
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+    .bind(p.listen)
+    .map_err(|e| StartError(format!("cannot listen on {} (server.listen): {e}", p.listen)))?;
+    let bound = server.addrs();
+    let server = server.run();
+    readiness.set_ready();
+    for addr in &bound {
+        // The one line tests and scripts wait for; stdout, so it is not mixed with the log.
+        println!("sessiond {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
+    }
+    if let (Some(keys), Some(addr)) = (&p.dev_note, bound.first()) {
+        println!("{}", dev_keys::dev_instructions(&config, keys, *addr));
+    }
+    log::info!("ready on {bound:?} with {workers} workers");
+
+    server.await.map_err(|e| StartError(format!("server failed: {e}")))?;
+    log::info!("stopping: flushing the fallback store");
+    match store.send(FlushStore).await {
+        Ok(Ok(())) => log::info!("fallback store flushed"),
+        Ok(Err(e)) => log::error!("fallback store flush failed: {e}"),
+        Err(e) => log::error!("fallback store unreachable at shutdown: {e}"),
+    }
+    store_arbiter.stop();
+    System::current().stop();
+    Ok(())
+}
