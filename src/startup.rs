@@ -126,6 +126,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
 
     let store_arbiter = Arbiter::new();
     let core = p.store;
+    let reader = core.reader();
     let store =
         FallbackStore::start_in_arbiter(&store_arbiter.handle(), move |_| FallbackStore::new(core));
     let coordinator = Coordinator::new(instance_id.clone()).start();
@@ -134,6 +135,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     let pipeline = Arc::new(Pipeline {
         verifier: p.verifier,
         store: store.clone(),
+        reader,
         events: coordinator.clone().recipient(),
         settings: ValidatorSettings {
             max_ttl_seconds: config.sessions.max_ttl_seconds,

@@ -14,11 +14,10 @@ use serde::Serialize;
 use crate::domain::{EventKind, Identity, NewSession, Session, UnixSeconds, now_seconds};
 use crate::fallback_store::FallbackStore;
 use crate::messages::{
-    CreateFromToken, CreateSession, FetchSession, GetSession, ListForUser, ListUserSessions,
-    RaiseEvent, RefreshById, RefreshSession, RevokeById, RevokeForUser, RevokeSession,
-    RevokeUserSessions, Validate,
+    CreateFromToken, CreateSession, FetchSession, ListForUser, RaiseEvent, RefreshById,
+    RefreshSession, RevokeById, RevokeForUser, RevokeSession, RevokeUserSessions, Validate,
 };
-use crate::store::{CreateOutcome, Lookup, RefreshOutcome, StoreError};
+use crate::store::{CreateOutcome, Lookup, RefreshOutcome, StoreError, StoreReader};
 use crate::token::{TokenError, Verifier};
 
 /// The most attributes a session may carry.
@@ -106,8 +105,10 @@ pub enum Failure {
 pub struct Pipeline {
     /// The key ring snapshot, used inline.
     pub verifier: Arc<Verifier>,
-    /// The embedded store.
+    /// The embedded store: writes go to the actor.
     pub store: Addr<FallbackStore>,
+    /// The embedded store's read view: lookups are answered inline, without an actor hop.
+    pub reader: StoreReader,
     /// Where auth events go.
     pub events: Recipient<RaiseEvent>,
     /// Settings from the configuration.
@@ -201,12 +202,7 @@ impl Pipeline {
     pub async fn validate(&self, token: &str) -> Result<Validation, Failure> {
         let now = now_seconds();
         let identity = self.verify(token, now)?;
-        let lookup =
-            match self.store.send(GetSession { session_id: identity.session_id.clone() }).await {
-                Ok(l) => l,
-                Err(e) => return mailbox_gone(e),
-            };
-        let session = match lookup {
+        let session = match self.reader.get(&identity.session_id, now) {
             Lookup::Live(s) if s.user_id == identity.user_id => s,
             // A token naming another user's session id gets nothing from it.
             Lookup::Live(_) | Lookup::Missing => return Err(Failure::SessionNotFound),
@@ -246,10 +242,9 @@ impl Pipeline {
 
     async fn fetch(&self, session_id: String) -> Result<Session, Failure> {
         check_id("session id", &session_id)?;
-        match self.store.send(GetSession { session_id }).await {
-            Err(e) => mailbox_gone(e),
-            Ok(Lookup::Live(s)) => Ok(s),
-            Ok(Lookup::Missing | Lookup::Revoked) => Err(Failure::SessionNotFound),
+        match self.reader.get(&session_id, now_seconds()) {
+            Lookup::Live(s) => Ok(s),
+            Lookup::Missing | Lookup::Revoked => Err(Failure::SessionNotFound),
         }
     }
 
@@ -298,7 +293,7 @@ impl Pipeline {
 
     async fn list(&self, user_id: String) -> Result<Vec<Session>, Failure> {
         check_id("user id", &user_id)?;
-        self.store.send(ListUserSessions { user_id }).await.or_else(mailbox_gone)
+        Ok(self.reader.list_user(&user_id, now_seconds()))
     }
 
     async fn revoke_user(&self, user_id: String) -> Result<usize, Failure> {

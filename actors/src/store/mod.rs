@@ -14,6 +14,7 @@ mod writer;
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::domain::{NewSession, Session, UnixSeconds};
@@ -229,7 +230,9 @@ impl Durable {
 ///
 /// Dropping it writes and fsyncs everything queued, stops the writer and releases the lock.
 pub struct StoreCore {
-    state: State,
+    /// Written only by the owner of the core (the FallbackStore actor); read inline by
+    /// [`StoreReader`]s on other threads.
+    state: Arc<RwLock<State>>,
     max_entries: usize,
     max_ttl: i64,
     tuning: StoreTuning,
@@ -297,7 +300,7 @@ impl StoreCore {
             report.duration_ms
         );
         let core = StoreCore {
-            state,
+            state: Arc::new(RwLock::new(state)),
             max_entries: o.max_entries,
             max_ttl: o.max_ttl_seconds.max(0),
             tuning,
@@ -319,10 +322,12 @@ impl StoreCore {
     /// When the `Durable` fails the outcome must not be acknowledged.
     pub fn create(&mut self, new: NewSession, now: UnixSeconds) -> (CreateOutcome, Durable) {
         let id = new.identity.session_id.as_str();
-        if self.state.tombstone(id).is_some_and(|until| until > now) {
+        let st = self.st();
+        if st.tombstone(id).is_some_and(|until| until > now) {
+            drop(st);
             return (CreateOutcome::Revoked, self.barrier());
         }
-        if let Some(slot) = self.state.session(id)
+        if let Some(slot) = st.session(id)
             && slot.expires_at > now
         {
             let outcome = match slot.fields() {
@@ -335,8 +340,10 @@ impl StoreCore {
                     CreateOutcome::Conflict
                 }
             };
+            drop(st);
             return (outcome, self.barrier());
         }
+        drop(st);
         if self.entries() >= self.max_entries {
             self.sweep_when_full(now);
             if self.entries() >= self.max_entries {
@@ -360,7 +367,7 @@ impl StoreCore {
         if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
             return (CreateOutcome::Full, Durable::failed(store_err(e)));
         }
-        self.state.insert_session(
+        self.st_mut().insert_session(
             id,
             NewRow {
                 user_id: &ident.user_id,
@@ -391,21 +398,22 @@ impl StoreCore {
 
     /// Looks a session up.
     pub fn get(&self, sid: &str, now: UnixSeconds) -> Lookup {
-        if let Some(slot) = self.state.session(sid)
-            && slot.expires_at > now
-        {
-            return match slot.fields() {
-                Some(f) => Lookup::Live(f.to_session(sid, slot.expires_at)),
-                None => {
-                    ::log::error!("session {sid:?} is corrupt in memory");
-                    Lookup::Missing
-                }
-            };
-        }
-        if self.state.tombstone(sid).is_some_and(|until| until > now) {
-            return Lookup::Revoked;
-        }
-        Lookup::Missing
+        lookup(&self.st(), sid, now)
+    }
+
+    /// A read-only view of the maps for other threads: reads see every write the moment it is
+    /// applied, like [`Self::get`] does, without a message to the owner.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader { state: Arc::clone(&self.state) }
+    }
+
+    fn st(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while the lock was held leaves maps that are still consistent per entry.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn st_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Pushes a live session's expiry to `now + ttl` (or `now +` its created length),
@@ -416,7 +424,8 @@ impl StoreCore {
         ttl: Option<i64>,
         now: UnixSeconds,
     ) -> (RefreshOutcome, Durable) {
-        let (session, expires_at) = match self.state.session(sid) {
+        let st = self.st();
+        let (session, expires_at) = match st.session(sid) {
             Some(slot) if slot.expires_at > now => match slot.fields() {
                 Some(f) => {
                     let len = ttl.unwrap_or(f.created_len);
@@ -429,18 +438,21 @@ impl StoreCore {
                 }
             },
             _ => {
-                if self.state.tombstone(sid).is_some_and(|until| until > now) {
+                let revoked = st.tombstone(sid).is_some_and(|until| until > now);
+                drop(st);
+                if revoked {
                     return (RefreshOutcome::Revoked, self.barrier());
                 }
                 return (RefreshOutcome::Missing, Durable::ready());
             }
         };
+        drop(st);
         self.scratch.clear();
         let rec = Record::Expiry(ExpiryRecord { id: sid, expires_at });
         if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
             return (RefreshOutcome::Missing, Durable::failed(store_err(e)));
         }
-        self.state.set_expiry(sid, expires_at);
+        self.st_mut().set_expiry(sid, expires_at);
         let durable = self.submit_scratch();
         self.after_write(now);
         (RefreshOutcome::Refreshed(session), durable)
@@ -448,12 +460,14 @@ impl StoreCore {
 
     /// Revokes a session id; never refused, even when full.
     pub fn revoke(&mut self, sid: &str, now: UnixSeconds) -> (RevokeOutcome, Durable) {
-        let live_until =
-            self.state.session(sid).filter(|s| s.expires_at > now).map(|s| s.expires_at);
+        let st = self.st();
+        let live_until = st.session(sid).filter(|s| s.expires_at > now).map(|s| s.expires_at);
+        let earlier = st.tombstone(sid);
+        drop(st);
         let until = match live_until {
             Some(exp) => exp,
             None => {
-                if self.state.tombstone(sid).is_some_and(|until| until > now) {
+                if earlier.is_some_and(|until| until > now) {
                     let outcome = RevokeOutcome { newly_revoked: false, user_id: None };
                     return (outcome, self.barrier());
                 }
@@ -461,14 +475,14 @@ impl StoreCore {
                 now.saturating_add(self.max_ttl)
             }
         };
-        let until = until.max(self.state.tombstone(sid).unwrap_or(until));
+        let until = until.max(earlier.unwrap_or(until));
         self.scratch.clear();
         let rec = Record::Tomb(TombRecord { id: sid, until });
         if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
             let outcome = RevokeOutcome { newly_revoked: false, user_id: None };
             return (outcome, Durable::failed(store_err(e)));
         }
-        let (removed, _) = self.state.put_tombstone(sid, until);
+        let (removed, _) = self.st_mut().put_tombstone(sid, until);
         let user_id = match live_until {
             Some(_) => removed.map(|(_, user)| user),
             None => None,
@@ -481,31 +495,22 @@ impl StoreCore {
 
     /// The live sessions of a user, by `created_at` then id.
     pub fn list_user(&self, uid: &str, now: UnixSeconds) -> Vec<Session> {
-        let mut out: Vec<Session> = self
-            .state
-            .user_session_ids(uid)
-            .iter()
-            .filter_map(|id| match self.get(id, now) {
-                Lookup::Live(s) => Some(s),
-                _ => None,
-            })
-            .collect();
-        out.sort_by(|a, b| {
-            a.created_at.cmp(&b.created_at).then_with(|| a.session_id.cmp(&b.session_id))
-        });
-        out
+        list_for_user(&self.st(), uid, now)
     }
 
     /// Revokes every live session of a user; answers their ids (in [`Self::list_user`]
     /// order). One durability wait covers them all.
     pub fn revoke_user(&mut self, uid: &str, now: UnixSeconds) -> (Vec<String>, Durable) {
         let mut live: Vec<(UnixSeconds, String, UnixSeconds)> = Vec::new();
-        for id in self.state.user_session_ids(uid) {
-            if let Some(slot) = self.state.session(id)
-                && slot.expires_at > now
-            {
-                let created_at = slot.fields().map_or(0, |f| f.created_at);
-                live.push((created_at, id.to_string(), slot.expires_at));
+        {
+            let st = self.st();
+            for id in st.user_session_ids(uid) {
+                if let Some(slot) = st.session(id)
+                    && slot.expires_at > now
+                {
+                    let created_at = slot.fields().map_or(0, |f| f.created_at);
+                    live.push((created_at, id.to_string(), slot.expires_at));
+                }
             }
         }
         if live.is_empty() {
@@ -519,8 +524,11 @@ impl StoreCore {
                 return (Vec::new(), Durable::failed(store_err(e)));
             }
         }
-        for (_, id, until) in &live {
-            self.state.put_tombstone(id, *until);
+        {
+            let mut st = self.st_mut();
+            for (_, id, until) in &live {
+                st.put_tombstone(id, *until);
+            }
         }
         let durable = self.submit_scratch();
         self.check_capacity();
@@ -530,7 +538,7 @@ impl StoreCore {
 
     /// Drops expired sessions and tombstones; answers how many.
     pub fn sweep(&mut self, now: UnixSeconds) -> usize {
-        let n = self.state.sweep(now);
+        let n = self.st_mut().sweep(now);
         self.last_full_sweep = Some(now);
         if self.entries() <= self.max_entries {
             self.over_capacity_warned = false;
@@ -551,13 +559,14 @@ impl StoreCore {
         use std::sync::atomic::Ordering::Relaxed;
         let sh = self.writer.shared();
         let last = sh.last_fsync_ms.load(Relaxed);
+        let st = self.st();
         StoreStats {
-            live_sessions: self.state.session_count(),
-            tombstones: self.state.tombstone_count(),
+            live_sessions: st.session_count(),
+            tombstones: st.tombstone_count(),
             log_bytes: sh.log_bytes.load(Relaxed),
             last_fsync_at_ms: (last != i64::MIN).then_some(last),
             write_errors: sh.write_errors.load(Relaxed),
-            users: self.state.user_count(),
+            users: st.user_count(),
             generation: sh.generation.load(Relaxed),
             compactions: sh.compactions.load(Relaxed),
             log_healthy: !sh.needs_snapshot.load(Relaxed),
@@ -586,7 +595,8 @@ impl StoreCore {
     }
 
     fn entries(&self) -> usize {
-        self.state.session_count() + self.state.tombstone_count()
+        let st = self.st();
+        st.session_count() + st.tombstone_count()
     }
 
     /// At capacity: drop expired entries, at most once per second of `now`.
@@ -661,7 +671,10 @@ impl StoreCore {
         self.writer.snapshot_begin(generation);
         let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES + 4096);
         let mut records = 0u64;
-        for (id, slot) in self.state.sessions() {
+        // Readers go on reading while the snapshot is encoded; only the owner writes.
+        let state = Arc::clone(&self.state);
+        let st = state.read().unwrap_or_else(PoisonError::into_inner);
+        for (id, slot) in st.sessions() {
             if slot.expires_at <= now {
                 continue;
             }
@@ -682,13 +695,14 @@ impl StoreCore {
             });
             push_snapshot_record(&mut self.writer, &mut chunk, &rec, &mut records);
         }
-        for (id, until) in self.state.tombstones() {
+        for (id, until) in st.tombstones() {
             if until <= now {
                 continue;
             }
             let rec = Record::Tomb(TombRecord { id, until });
             push_snapshot_record(&mut self.writer, &mut chunk, &rec, &mut records);
         }
+        drop(st);
         if !chunk.is_empty() {
             self.writer.snapshot_chunk(chunk);
         }
@@ -698,6 +712,59 @@ impl StoreCore {
             started.elapsed().as_millis()
         );
     }
+}
+
+/// A read-only handle on the store's maps, for answering lookups inline on any thread (the
+/// validation hot path) without a message to the FallbackStore actor. Writes still go through
+/// the actor; a reader sees each one the moment it is applied in memory.
+#[derive(Clone)]
+pub struct StoreReader {
+    state: Arc<RwLock<State>>,
+}
+
+impl StoreReader {
+    /// Looks a session up, as [`StoreCore::get`].
+    pub fn get(&self, sid: &str, now: UnixSeconds) -> Lookup {
+        lookup(&self.state.read().unwrap_or_else(PoisonError::into_inner), sid, now)
+    }
+
+    /// A user's live sessions, as [`StoreCore::list_user`].
+    pub fn list_user(&self, uid: &str, now: UnixSeconds) -> Vec<Session> {
+        list_for_user(&self.state.read().unwrap_or_else(PoisonError::into_inner), uid, now)
+    }
+}
+
+fn lookup(state: &State, sid: &str, now: UnixSeconds) -> Lookup {
+    if let Some(slot) = state.session(sid)
+        && slot.expires_at > now
+    {
+        return match slot.fields() {
+            Some(f) => Lookup::Live(f.to_session(sid, slot.expires_at)),
+            None => {
+                ::log::error!("session {sid:?} is corrupt in memory");
+                Lookup::Missing
+            }
+        };
+    }
+    if state.tombstone(sid).is_some_and(|until| until > now) {
+        return Lookup::Revoked;
+    }
+    Lookup::Missing
+}
+
+fn list_for_user(state: &State, uid: &str, now: UnixSeconds) -> Vec<Session> {
+    let mut out: Vec<Session> = state
+        .user_session_ids(uid)
+        .iter()
+        .filter_map(|id| match lookup(state, id, now) {
+            Lookup::Live(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.created_at.cmp(&b.created_at).then_with(|| a.session_id.cmp(&b.session_id))
+    });
+    out
 }
 
 fn push_snapshot_record(

@@ -1003,3 +1003,26 @@ fn load_one_million_sessions() {
     );
     println!("VmHWM after snapshot {} MiB", vm_kib("VmHWM:") / 1024);
 }
+
+#[test]
+fn a_reader_on_another_thread_sees_every_write_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    let reader = s.reader();
+    let get = |id: &'static str| {
+        let r = reader.clone();
+        std::thread::spawn(move || r.get(id, NOW)).join().unwrap()
+    };
+    assert_eq!(get("r-1"), Lookup::Missing);
+    create(&mut s, "r-1", "u1", NOW + 60, NOW);
+    assert!(matches!(get("r-1"), Lookup::Live(ref x) if x.user_id == "u1"));
+    assert_eq!(reader.list_user("u1", NOW).len(), 1);
+    refresh(&mut s, "r-1", Some(600), NOW);
+    assert!(matches!(get("r-1"), Lookup::Live(ref x) if x.expires_at == NOW + 600));
+    revoke(&mut s, "r-1", NOW);
+    assert_eq!(get("r-1"), Lookup::Revoked);
+    assert!(reader.list_user("u1", NOW).is_empty());
+    // The reader keeps the maps alive, but the store's owner alone writes them.
+    drop(s);
+    assert_eq!(reader.get("r-1", NOW), Lookup::Revoked);
+}
