@@ -8,6 +8,12 @@ use crate::error::ApiError;
 /// Parses a JSON body. Error messages name fields and positions but never quote values, since
 /// a value may be a token.
 pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    // serde reads a struct from an array of its fields too; the contract's bodies are objects.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => return Err(ApiError::bad_request("the body is empty; a JSON object is expected")),
+        Some(_) => return Err(ApiError::bad_request("the body must be a JSON object")),
+    }
     serde_json::from_slice(body).map_err(|e| {
         let at = format!("line {}, column {}", e.line(), e.column());
         let text = e.to_string();
@@ -56,5 +62,8 @@ mod tests {
         let e = parse_json::<B>(&Bytes::from_static(br#"{"token":"a","ttl":1}"#)).unwrap_err();
         assert!(e.message.contains("unknown field `ttl`"), "{}", e.message);
         assert!(parse_optional_json::<B>(&Bytes::from_static(b" \n")).unwrap().is_none());
+        let e = parse_json::<B>(&Bytes::from_static(br#"["a", 60]"#)).unwrap_err();
+        assert!(e.message.contains("must be a JSON object"), "{}", e.message);
+        assert!(parse_json::<B>(&Bytes::from_static(b"")).is_err());
     }
 }
