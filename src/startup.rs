@@ -169,11 +169,16 @@ async fn run(p: Prepared) -> Result<(), StartError> {
             .default_service(web::to(routes::not_found))
     })
     .workers(workers)
+    .disable_signals()
     .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
     .bind(p.listen)
     .map_err(|e| StartError(format!("cannot listen on {} (server.listen): {e}", p.listen)))?;
     let bound = server.addrs();
     let server = server.run();
+    // Our own handlers, installed before anyone is told we are ready: actix installs its own
+    // only once the server is first polled, and a SIGTERM before that would kill the process
+    // without the flush.
+    stop_on_signals(server.handle())?;
     readiness.set_ready();
     for addr in &bound {
         // The one line tests and scripts wait for; stdout, so it is not mixed with the log.
@@ -193,5 +198,21 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     }
     store_arbiter.stop();
     System::current().stop();
+    Ok(())
+}
+
+/// Stops the server gracefully on the first SIGTERM or SIGINT.
+fn stop_on_signals(handle: actix_web::dev::ServerHandle) -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    actix_rt::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        log::info!("{name} received: stopping gracefully");
+        handle.stop(true).await;
+    });
     Ok(())
 }
