@@ -1,0 +1,22 @@
+//! Black-box integration tests of the `sessiond` binary: every test starts the real daemon on a
+//! free port with its own temp data dir and talks to it over HTTP, as a client would. The
+//! expectations come from `CONTRACT.md` (sections 1, 2, 3, 6's durability paragraph and 7).
+//!
+//! One test binary made of modules (ripgrep style); `harness` spawns the daemon, `tokens`
+//! makes tokens; the other modules are the tests.
+
+// Tests state their expectations with unwrap/expect: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+mod tokens;
+
+mod cli;
+mod durability;
+mod http;
+mod logs;
+mod sessions;
+mod token_errors;
+mod validate;
+mod vectors;
+mod verify;
