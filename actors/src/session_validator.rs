@@ -334,3 +334,141 @@ delegate!(RefreshById, Result<Session, Failure>, |p, m| p.refresh(m.session_id, 
 delegate!(RevokeById, Result<(), Failure>, |p, m| p.revoke(m.session_id));
 delegate!(ListForUser, Result<Vec<Session>, Failure>, |p, m| p.list(m.user_id));
 delegate!(RevokeForUser, Result<usize, Failure>, |p, m| p.revoke_user(m.user_id));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::Coordinator;
+    use crate::domain::AuthEvent;
+    use crate::messages::{Deliver, Subscribe};
+    use crate::store::{FsyncMode, StoreCore, StoreOptions};
+    use crate::token::{Algorithm, TokenSettings, sign_hmac};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    struct Probe(tokio::sync::mpsc::UnboundedSender<Arc<AuthEvent>>);
+    impl Actor for Probe {
+        type Context = Context<Self>;
+    }
+    impl Handler<Deliver> for Probe {
+        type Result = ();
+        fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
+            let _ = self.0.send(msg.0);
+        }
+    }
+
+    fn token(user: &str, sid: &str, exp_in: i64) -> String {
+        let now = now_seconds();
+        let claims = serde_json::json!({"sub": user, "email": format!("{user}@example.com"),
+            "role": "user", "sid": sid, "iat": now, "exp": now + exp_in});
+        sign_hmac(SECRET, Algorithm::HS256, &claims).unwrap()
+    }
+
+    struct Rig {
+        validator: Addr<SessionValidator>,
+        events: tokio::sync::mpsc::UnboundedReceiver<Arc<AuthEvent>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (core, _) = StoreCore::open(StoreOptions {
+            data_dir: dir.path().to_path_buf(),
+            fsync: FsyncMode::Never,
+            max_entries: 100,
+            max_ttl_seconds: 3600,
+        })
+        .unwrap();
+        let reader = core.reader();
+        let store = FallbackStore::new(core).start();
+        let coordinator = Coordinator::new("test".into()).start();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        coordinator.send(Subscribe(Probe(tx).start().recipient())).await.unwrap();
+        let verifier = Verifier::new(TokenSettings {
+            algorithms: vec![Algorithm::HS256],
+            hmac_secret: Some(SECRET.to_vec()),
+            public_keys: vec![],
+            issuer: None,
+            audience: None,
+            leeway_seconds: 0,
+        })
+        .unwrap();
+        let pipeline = Arc::new(Pipeline {
+            verifier: Arc::new(verifier),
+            store,
+            reader,
+            events: coordinator.recipient(),
+            settings: ValidatorSettings { max_ttl_seconds: 3600, refresh_window_seconds: 300 },
+        });
+        Rig { validator: SessionValidator::new(pipeline).start(), events, _dir: dir }
+    }
+
+    fn create_msg(token: &str, ttl: Option<i64>) -> CreateFromToken {
+        CreateFromToken { token: token.into(), ttl_seconds: ttl, attributes: BTreeMap::new() }
+    }
+
+    #[actix_rt::test]
+    async fn writes_raise_their_events_and_reads_follow_the_store() {
+        let mut r = rig().await;
+        let t = token("u1", "s-1", 3600);
+        let created = r.validator.send(create_msg(&t, Some(600))).await.unwrap().unwrap();
+        assert!(created.created);
+        let again = r.validator.send(create_msg(&t, Some(600))).await.unwrap().unwrap();
+        assert!(!again.created);
+        let v = r.validator.send(Validate { token: t.clone() }).await.unwrap().unwrap();
+        assert_eq!(v.mode, Mode::Normal);
+        assert_eq!(v.session.unwrap().session_id, "s-1");
+        assert!(!v.refresh_recommended);
+
+        let msg = RefreshById { session_id: "s-1".into(), ttl_seconds: Some(900) };
+        let s = r.validator.send(msg).await.unwrap().unwrap();
+        let e = r.events.recv().await.unwrap();
+        assert_eq!(e.event, EventKind::SessionRefreshed);
+        assert_eq!(e.session_id.as_deref(), Some("s-1"));
+        assert_eq!(e.data["expires_at"], s.expires_at);
+
+        r.validator.send(RevokeById { session_id: "s-1".into() }).await.unwrap().unwrap();
+        let e = r.events.recv().await.unwrap();
+        assert_eq!(e.event, EventKind::SessionRevoked);
+        assert_eq!(e.user_id.as_deref(), Some("u1"));
+        let v = r.validator.send(Validate { token: t.clone() }).await.unwrap();
+        assert_eq!(v.unwrap_err(), Failure::SessionRevoked);
+        // Revoking again is idempotent and raises nothing new.
+        r.validator.send(RevokeById { session_id: "s-1".into() }).await.unwrap().unwrap();
+        let again = r.validator.send(create_msg(&t, None)).await.unwrap();
+        assert_eq!(again.unwrap_err(), Failure::SessionRevoked);
+
+        for sid in ["s-2", "s-3"] {
+            r.validator.send(create_msg(&token("u2", sid, 3600), None)).await.unwrap().unwrap();
+        }
+        let n = r.validator.send(RevokeForUser { user_id: "u2".into() }).await.unwrap().unwrap();
+        assert_eq!(n, 2);
+        let e = r.events.recv().await.unwrap();
+        assert_eq!(e.event, EventKind::UserSessionsRevoked, "no event for the idempotent revoke");
+        assert_eq!(e.data["revoked"], 2);
+        assert!(e.id.starts_with("test-"));
+    }
+
+    #[actix_rt::test]
+    async fn a_token_cannot_borrow_another_users_session() {
+        let r = rig().await;
+        r.validator.send(create_msg(&token("u1", "shared", 3600), None)).await.unwrap().unwrap();
+        let other = token("u2", "shared", 3600);
+        let v = r.validator.send(Validate { token: other.clone() }).await.unwrap();
+        assert_eq!(v.unwrap_err(), Failure::SessionNotFound);
+        let c = r.validator.send(create_msg(&other, None)).await.unwrap();
+        assert_eq!(c.unwrap_err(), Failure::SessionConflict);
+    }
+
+    #[actix_rt::test]
+    async fn refresh_is_recommended_inside_the_window_and_expiry_is_capped() {
+        let r = rig().await;
+        let t = token("u1", "s-w", 100);
+        let c = r.validator.send(create_msg(&t, Some(999_999))).await.unwrap().unwrap();
+        assert!(c.session.expires_at <= now_seconds() + 3600);
+        let v = r.validator.send(Validate { token: t }).await.unwrap().unwrap();
+        assert!(v.refresh_recommended);
+        let bad = r.validator.send(create_msg(&token("u1", "s-x", 100), Some(0))).await.unwrap();
+        assert!(matches!(bad, Err(Failure::BadRequest(_))));
+    }
+}
