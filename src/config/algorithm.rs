@@ -1,0 +1,49 @@
+//! The token algorithm names of the contract.
+
+use sessiond_actors::token::{Algorithm, parse_algorithm};
+
+/// The algorithm names of the contract, in the order they are listed in error messages.
+pub const ALGORITHM_NAMES: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// The algorithm a contract name stands for (exact case). Uses the token module's parser and
+/// falls back to the contract's own list.
+pub fn algorithm_from_name(name: &str) -> Option<Algorithm> {
+    if !ALGORITHM_NAMES.contains(&name) {
+        return None;
+    }
+    parse_algorithm(name).or_else(|| contract_algorithm(name))
+}
+
+pub(super) fn contract_algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// Whether an algorithm name is an HMAC one.
+pub fn is_hmac_name(name: &str) -> bool {
+    matches!(name, "HS256" | "HS384" | "HS512")
+}
+
+pub(super) fn algorithm_error(name: &str) -> String {
+    if name.eq_ignore_ascii_case("none") {
+        "algorithm \"none\" is never accepted".to_owned()
+    } else {
+        format!("unknown algorithm {name:?} (expected one of {})", ALGORITHM_NAMES.join(", "))
+    }
+}
