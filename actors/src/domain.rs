@@ -163,3 +163,50 @@ pub fn now_millis() -> i64 {
         Err(_) => 0,
     }
 }
+
+/// One write taken while degraded, kept in the fallback store's durable journal until it has
+/// been replayed into Redis. Replaying is idempotent, and revocations win: a `Put` never
+/// resurrects a revoked id, and an `Expiry` never touches a revoked or missing session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JournalOp {
+    /// A session created while degraded (with the length it was created with).
+    Put {
+        /// The session as created.
+        session: Session,
+        /// `expires_at - created_at` at creation, what a later refresh without ttl reuses.
+        created_len: i64,
+    },
+    /// A session's expiry set by a refresh while degraded.
+    Expiry {
+        /// The session id.
+        session_id: String,
+        /// The new absolute expiry.
+        expires_at: UnixSeconds,
+    },
+    /// A revocation taken while degraded: the id stays revoked until `until`.
+    Tomb {
+        /// The session id.
+        session_id: String,
+        /// Until when the id stays revoked.
+        until: UnixSeconds,
+        /// The session's user, when it was known (to clean the user index).
+        user_id: Option<String>,
+    },
+    /// A revoke-all taken while degraded: every session of the user created at or before `at`
+    /// is revoked (including ones this instance never knew).
+    RevokeUser {
+        /// The user id.
+        user_id: String,
+        /// When the revoke-all was taken.
+        at: UnixSeconds,
+    },
+}
+
+/// A journal entry: its sequence number (increasing, never reused) and the write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Position in the journal.
+    pub seq: u64,
+    /// The write.
+    pub op: JournalOp,
+}
