@@ -173,7 +173,11 @@ fn actor_writers(sys: &SystemRunner, fsync: FsyncMode, writers: u64, iters: u64)
                 actix_rt::spawn(async move {
                     for k in 0..per_writer {
                         let new = typical(w * per_writer + k, now + 3600);
-                        let out = addr.send(CreateSession { new }).await.unwrap().unwrap();
+                        let out = addr
+                            .send(CreateSession { new, journal: false })
+                            .await
+                            .unwrap()
+                            .unwrap();
                         assert!(matches!(out, CreateOutcome::Created(_)));
                     }
                 })

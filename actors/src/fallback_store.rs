@@ -8,14 +8,22 @@
 //! batch. Reads answer from memory at once. Expired entries are swept every
 //! [`SWEEP_INTERVAL`]. Start it on its own Arbiter: the core may block it briefly when the
 //! writer's queue is full, and while a snapshot is being encoded.
+//!
+//! In Redis mode it is also the instance's mirror (`MirrorPut`, `MirrorTomb`,
+//! `MirrorRevokeUser`, `MirrorExpiry`: applied at once, never journaled; their answers wait
+//! off the actor, so `do_send` costs the sender nothing) and, while degraded, keeps the
+//! journal of writes to replay into Redis (the `journal` flag of the write messages,
+//! `PendingJournal`, `AckJournal`).
 
 use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::domain::JournalEntry;
 use crate::domain::now_seconds;
 use crate::messages::{
-    CreateSession, FlushStore, GetSession, GetStoreStats, ListUserSessions, RefreshSession,
+    AckJournal, CreateSession, FlushStore, GetSession, GetStoreStats, ListUserSessions,
+    MirrorExpiry, MirrorPut, MirrorRevokeUser, MirrorTomb, PendingJournal, RefreshSession,
     RevokeSession, RevokeUserSessions,
 };
 use crate::store::{CreateOutcome, Durable, RefreshOutcome, RevokeOutcome, StoreCore, StoreError};
@@ -70,7 +78,11 @@ impl Handler<CreateSession> for FallbackStore {
     type Result = ResponseFuture<Result<CreateOutcome, StoreError>>;
 
     fn handle(&mut self, msg: CreateSession, _: &mut Self::Context) -> Self::Result {
-        let (outcome, durable) = self.core.create(msg.new, now_seconds());
+        let (outcome, durable) = if msg.journal {
+            self.core.create_journaled(msg.new, now_seconds())
+        } else {
+            self.core.create(msg.new, now_seconds())
+        };
         when_durable(outcome, durable)
     }
 }
@@ -87,7 +99,12 @@ impl Handler<RefreshSession> for FallbackStore {
     type Result = ResponseFuture<Result<RefreshOutcome, StoreError>>;
 
     fn handle(&mut self, msg: RefreshSession, _: &mut Self::Context) -> Self::Result {
-        let (outcome, durable) = self.core.refresh(&msg.session_id, msg.ttl_seconds, now_seconds());
+        let (sid, ttl, now) = (&msg.session_id, msg.ttl_seconds, now_seconds());
+        let (outcome, durable) = if msg.journal {
+            self.core.refresh_journaled(sid, ttl, now)
+        } else {
+            self.core.refresh(sid, ttl, now)
+        };
         when_durable(outcome, durable)
     }
 }
@@ -96,7 +113,11 @@ impl Handler<RevokeSession> for FallbackStore {
     type Result = ResponseFuture<Result<RevokeOutcome, StoreError>>;
 
     fn handle(&mut self, msg: RevokeSession, _: &mut Self::Context) -> Self::Result {
-        let (outcome, durable) = self.core.revoke(&msg.session_id, now_seconds());
+        let (outcome, durable) = if msg.journal {
+            self.core.revoke_journaled(&msg.session_id, now_seconds())
+        } else {
+            self.core.revoke(&msg.session_id, now_seconds())
+        };
         when_durable(outcome, durable)
     }
 }
@@ -113,7 +134,11 @@ impl Handler<RevokeUserSessions> for FallbackStore {
     type Result = ResponseFuture<Result<Vec<String>, StoreError>>;
 
     fn handle(&mut self, msg: RevokeUserSessions, _: &mut Self::Context) -> Self::Result {
-        let (ids, durable) = self.core.revoke_user(&msg.user_id, now_seconds());
+        let (ids, durable) = if msg.journal {
+            self.core.revoke_user_journaled(&msg.user_id, now_seconds())
+        } else {
+            self.core.revoke_user(&msg.user_id, now_seconds())
+        };
         when_durable(ids, durable)
     }
 }
@@ -135,6 +160,65 @@ impl Handler<FlushStore> for FallbackStore {
     }
 }
 
+impl Handler<MirrorPut> for FallbackStore {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: MirrorPut, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.core.mirror_put(&msg.session, msg.created_len, now_seconds()).wait())
+    }
+}
+
+impl Handler<MirrorTomb> for FallbackStore {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: MirrorTomb, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.core.mirror_tomb(&msg.session_id, msg.until, now_seconds()).wait())
+    }
+}
+
+impl Handler<MirrorRevokeUser> for FallbackStore {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: MirrorRevokeUser, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.core.mirror_revoke_user(&msg.user_id, now_seconds()).wait())
+    }
+}
+
+impl Handler<MirrorExpiry> for FallbackStore {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: MirrorExpiry, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.core.mirror_expiry(&msg.session_id, msg.expires_at, now_seconds()).wait())
+    }
+}
+
+impl Handler<PendingJournal> for FallbackStore {
+    type Result = ResponseFuture<Vec<JournalEntry>>;
+
+    fn handle(&mut self, msg: PendingJournal, _: &mut Self::Context) -> Self::Result {
+        let entries = self.core.pending_journal(msg.max);
+        // Nothing leaves the store before it is durable.
+        let durable = if entries.is_empty() { Durable::ready() } else { self.core.barrier() };
+        Box::pin(async move {
+            match durable.wait().await {
+                Ok(()) => entries,
+                Err(e) => {
+                    log::warn!("journal entries not handed out: they are not durable: {e}");
+                    Vec::new()
+                }
+            }
+        })
+    }
+}
+
+impl Handler<AckJournal> for FallbackStore {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: AckJournal, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.core.ack_journal(msg.up_to).wait())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -142,8 +226,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::domain::{Identity, NewSession, TokenFormat};
-    use crate::store::{FsyncMode, Lookup, StoreOptions, StoreStats};
+    use crate::domain::{Identity, JournalOp, NewSession, Session, TokenFormat};
+    use crate::store::{FsyncMode, Lookup, StoreOptions, StoreStats, StoreTuning};
 
     fn open(dir: &Path, fsync: FsyncMode) -> StoreCore {
         StoreCore::open(StoreOptions {
@@ -177,32 +261,157 @@ mod tests {
     async fn every_message_is_answered() {
         let dir = tempfile::tempdir().unwrap();
         let addr = FallbackStore::new(open(dir.path(), FsyncMode::Always)).start();
-        let created =
-            addr.send(CreateSession { new: new_session("s1", "u1") }).await.unwrap().unwrap();
+        let created = addr
+            .send(CreateSession { new: new_session("s1", "u1"), journal: false })
+            .await
+            .unwrap()
+            .unwrap();
         let CreateOutcome::Created(s1) = created else { panic!("{created:?}") };
-        let again =
-            addr.send(CreateSession { new: new_session("s1", "u1") }).await.unwrap().unwrap();
+        let again = addr
+            .send(CreateSession { new: new_session("s1", "u1"), journal: false })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(again, CreateOutcome::Existing(s1.clone()));
         assert_eq!(
             addr.send(GetSession { session_id: "s1".into() }).await.unwrap(),
             Lookup::Live(s1.clone())
         );
         let refreshed = addr
-            .send(RefreshSession { session_id: "s1".into(), ttl_seconds: Some(60) })
+            .send(RefreshSession { session_id: "s1".into(), ttl_seconds: Some(60), journal: false })
             .await
             .unwrap()
             .unwrap();
         assert!(matches!(refreshed, RefreshOutcome::Refreshed(_)));
         assert_eq!(addr.send(ListUserSessions { user_id: "u1".into() }).await.unwrap().len(), 1);
-        addr.send(CreateSession { new: new_session("s2", "u1") }).await.unwrap().unwrap();
-        let revoked = addr.send(RevokeSession { session_id: "s2".into() }).await.unwrap().unwrap();
+        addr.send(CreateSession { new: new_session("s2", "u1"), journal: false })
+            .await
+            .unwrap()
+            .unwrap();
+        let revoked = addr
+            .send(RevokeSession { session_id: "s2".into(), journal: false })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(revoked, RevokeOutcome { newly_revoked: true, user_id: Some("u1".into()) });
-        let ids = addr.send(RevokeUserSessions { user_id: "u1".into() }).await.unwrap().unwrap();
+        let ids = addr
+            .send(RevokeUserSessions { user_id: "u1".into(), journal: false })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(ids, ["s1"]);
         let stats: StoreStats = addr.send(GetStoreStats).await.unwrap();
         assert_eq!((stats.live_sessions, stats.tombstones), (0, 2));
         assert!(stats.last_fsync_at_ms.is_some());
         addr.send(FlushStore).await.unwrap().unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn journal_and_mirror_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = FallbackStore::new(open(dir.path(), FsyncMode::Always)).start();
+        let out = addr
+            .send(CreateSession { new: new_session("j1", "u1"), journal: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(out, CreateOutcome::Created(_)));
+        let refreshed = addr
+            .send(RefreshSession { session_id: "j1".into(), ttl_seconds: Some(60), journal: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(refreshed, RefreshOutcome::Refreshed(_)));
+        addr.send(RevokeSession { session_id: "x".into(), journal: true }).await.unwrap().unwrap();
+        let ids = addr
+            .send(RevokeUserSessions { user_id: "u1".into(), journal: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids, ["j1"]);
+        let pending = addr.send(PendingJournal { max: 3 }).await.unwrap();
+        assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(matches!(pending[0].op, JournalOp::Put { .. }));
+        addr.send(AckJournal { up_to: 2 }).await.unwrap().unwrap();
+        let pending = addr.send(PendingJournal { max: 100 }).await.unwrap();
+        assert_eq!(pending.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert!(matches!(pending[2].op, JournalOp::RevokeUser { .. }));
+        let stats = addr.send(GetStoreStats).await.unwrap();
+        assert_eq!(
+            (stats.journal_len, stats.journal_oldest_seq, stats.journal_next_seq),
+            (3, Some(3), 6)
+        );
+
+        // Mirror writes, fire-and-forget: applied in mailbox order, never journaled.
+        let now = now_seconds();
+        let mut m = match addr
+            .send(CreateSession { new: new_session("tmp", "u2"), journal: false })
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            CreateOutcome::Created(s) => s,
+            other => panic!("{other:?}"),
+        };
+        m.session_id = "m1".into();
+        addr.do_send(MirrorPut { session: m.clone(), created_len: 3600 });
+        addr.do_send(MirrorPut {
+            session: Session { session_id: "m2".into(), ..m.clone() },
+            created_len: 3600,
+        });
+        addr.do_send(MirrorTomb { session_id: "m2".into(), until: now + 600 });
+        addr.do_send(MirrorExpiry { session_id: "m1".into(), expires_at: now + 120 });
+        let got = addr.send(GetSession { session_id: "m1".into() }).await.unwrap();
+        assert_eq!(got, Lookup::Live(Session { expires_at: now + 120, ..m.clone() }));
+        assert_eq!(
+            addr.send(GetSession { session_id: "m2".into() }).await.unwrap(),
+            Lookup::Revoked
+        );
+        addr.send(MirrorRevokeUser { user_id: "u2".into() }).await.unwrap().unwrap();
+        assert_eq!(
+            addr.send(GetSession { session_id: "m1".into() }).await.unwrap(),
+            Lookup::Revoked
+        );
+        assert_eq!(
+            addr.send(GetSession { session_id: "tmp".into() }).await.unwrap(),
+            Lookup::Revoked
+        );
+        assert_eq!(addr.send(GetStoreStats).await.unwrap().journal_len, 3);
+        addr.send(AckJournal { up_to: 5 }).await.unwrap().unwrap();
+        assert!(addr.send(PendingJournal { max: 100 }).await.unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_full_journal_refuses_journaled_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            data_dir: dir.path().to_path_buf(),
+            fsync: FsyncMode::Never,
+            max_entries: 1000,
+            max_ttl_seconds: 86_400,
+        };
+        let tuning = StoreTuning { max_journal: 1, ..StoreTuning::default() };
+        let core = StoreCore::open_with(opts, tuning, now_seconds()).unwrap().0;
+        let addr = FallbackStore::new(core).start();
+        addr.send(RevokeSession { session_id: "a".into(), journal: true }).await.unwrap().unwrap();
+        let err = addr
+            .send(RevokeSession { session_id: "b".into(), journal: true })
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.0.contains("journal is full"), "{err}");
+        let out = addr
+            .send(CreateSession { new: new_session("c", "u"), journal: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, CreateOutcome::Full);
+        // Not journaled: still taken.
+        addr.send(RevokeSession { session_id: "b".into(), journal: false }).await.unwrap().unwrap();
+        assert_eq!(
+            addr.send(GetSession { session_id: "b".into() }).await.unwrap(),
+            Lookup::Revoked
+        );
     }
 
     /// Many concurrent writers with `Always`: every acknowledged write is in the log.
@@ -217,6 +426,7 @@ mod tests {
                         let out = addr
                             .send(CreateSession {
                                 new: new_session(&format!("w{w}-{i}"), &format!("u{w}")),
+                                journal: false,
                             })
                             .await
                             .unwrap()

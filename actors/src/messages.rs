@@ -2,7 +2,7 @@
 
 use actix::prelude::*;
 
-use crate::domain::{AuthEvent, Identity, NewSession, Session};
+use crate::domain::{AuthEvent, Identity, JournalEntry, NewSession, Session, UnixSeconds};
 use crate::store::{CreateOutcome, Lookup, RefreshOutcome, RevokeOutcome, StoreError, StoreStats};
 use crate::token::TokenError;
 
@@ -29,6 +29,9 @@ pub struct GetVerifier;
 pub struct CreateSession {
     /// What to record.
     pub new: NewSession,
+    /// Also record the write in the durable journal, for replay into Redis (a write taken
+    /// while degraded). Refused when the journal is full.
+    pub journal: bool,
 }
 
 /// FallbackStore: look one session up.
@@ -47,6 +50,9 @@ pub struct RefreshSession {
     pub session_id: String,
     /// New lifetime from now; `None` reuses the length it was created with.
     pub ttl_seconds: Option<i64>,
+    /// Also record the write in the durable journal, for replay into Redis (a write taken
+    /// while degraded). Refused when the journal is full.
+    pub journal: bool,
 }
 
 /// FallbackStore: revoke one session id (idempotent).
@@ -55,6 +61,9 @@ pub struct RefreshSession {
 pub struct RevokeSession {
     /// The session id.
     pub session_id: String,
+    /// Also record the write in the durable journal, for replay into Redis (a write taken
+    /// while degraded). Refused when the journal is full.
+    pub journal: bool,
 }
 
 /// FallbackStore: a user's live sessions.
@@ -71,6 +80,9 @@ pub struct ListUserSessions {
 pub struct RevokeUserSessions {
     /// The user id.
     pub user_id: String,
+    /// Also record the write in the durable journal, for replay into Redis (a write taken
+    /// while degraded). Refused when the journal is full.
+    pub journal: bool,
 }
 
 /// FallbackStore: counters for health and metrics.
@@ -82,6 +94,69 @@ pub struct GetStoreStats;
 #[derive(Message, Debug)]
 #[rtype(result = "Result<(), StoreError>")]
 pub struct FlushStore;
+
+/// FallbackStore (Redis mode): mirror a session as Redis holds it (created, refreshed or
+/// validated by this instance). Kept unless the id is revoked here; never journaled. May be
+/// sent with `do_send`.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct MirrorPut {
+    /// The session as Redis holds it.
+    pub session: Session,
+    /// Its created length (`expires_at - created_at` at creation).
+    pub created_len: i64,
+}
+
+/// FallbackStore (Redis mode): mirror a revocation seen elsewhere (the id stays revoked here
+/// until the later of `until` and any earlier revocation). Never journaled. May be sent with
+/// `do_send`.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct MirrorTomb {
+    /// The session id.
+    pub session_id: String,
+    /// Until when the id stays revoked.
+    pub until: UnixSeconds,
+}
+
+/// FallbackStore (Redis mode): mirror a revoke-all seen elsewhere (every live session of the
+/// user held here is revoked). Never journaled. May be sent with `do_send`.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct MirrorRevokeUser {
+    /// The user id.
+    pub user_id: String,
+}
+
+/// FallbackStore (Redis mode): mirror a new expiry seen elsewhere (set when the session is
+/// live here). Never journaled. May be sent with `do_send`.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct MirrorExpiry {
+    /// The session id.
+    pub session_id: String,
+    /// The new absolute expiry.
+    pub expires_at: UnixSeconds,
+}
+
+/// FallbackStore: up to `max` of the oldest journal entries not yet replayed, in sequence
+/// order. Answered once they are durable; empty when the journal is (or, while the log is
+/// failing, when they cannot be made durable: compare with `StoreStats::journal_len`).
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<JournalEntry>")]
+pub struct PendingJournal {
+    /// The most entries answered.
+    pub max: usize,
+}
+
+/// FallbackStore: every journal entry with `seq <= up_to` has been replayed into Redis; they
+/// are dropped, durably.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct AckJournal {
+    /// The highest sequence number replayed.
+    pub up_to: u64,
+}
 
 // ---- Coordinator --------------------------------------------------------------------------
 

@@ -6,7 +6,12 @@
 //! [`StoreCore`] is a plain struct (the FallbackStore actor wraps it): every mutation is
 //! applied in memory at once and answers a [`Durable`] that resolves when the log write is
 //! durable per the [`FsyncMode`]. Reads never touch the disk.
+//!
+//! In Redis mode the store is also the instance's mirror (`mirror_*`: writes seen in Redis) and
+//! keeps the journal of writes taken while degraded (`*_journaled`, [`StoreCore::pending_journal`],
+//! [`StoreCore::ack_journal`]): each entry is recorded by the same log frame as its write.
 
+mod journal;
 mod log;
 mod record;
 mod state;
@@ -17,8 +22,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use crate::domain::{NewSession, Session, UnixSeconds};
-use record::{Attrs, ExpiryRecord, PutRecord, Record, TombRecord};
+#[cfg(doc)]
+use crate::domain::JournalOp;
+use crate::domain::{JournalEntry, NewSession, Session, UnixSeconds};
+use journal::Journal;
+use record::{
+    Attrs, ExpiryRecord, JournalAckRecord, JournalBody, PutRecord, Record, RevokeUserRecord,
+    TombRecord,
+};
 use state::{NewRow, State};
 use writer::{Ack, Writer, WriterSetup};
 
@@ -58,6 +69,10 @@ pub struct StoreTuning {
     /// After a failed snapshot (or a failed write), the next attempt waits this long.
     /// Default 10 s.
     pub snapshot_retry: Duration,
+    /// The most journal entries held (writes taken while degraded, not yet replayed); a
+    /// journaling write that would go beyond it is refused. Default 1,000,000
+    /// ([`DEFAULT_MAX_JOURNAL`]).
+    pub max_journal: usize,
 }
 
 impl Default for StoreTuning {
@@ -65,12 +80,20 @@ impl Default for StoreTuning {
         StoreTuning {
             compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
             snapshot_retry: Duration::from_secs(10),
+            max_journal: DEFAULT_MAX_JOURNAL,
         }
     }
 }
 
 /// The default floor of the compaction threshold.
 pub const DEFAULT_COMPACT_MIN_BYTES: u64 = 64 << 20;
+
+/// The default bound of the journal ([`StoreTuning::max_journal`]).
+pub const DEFAULT_MAX_JOURNAL: usize = 1_000_000;
+
+/// The message of the error a journaling write is refused with when the journal is full.
+pub const JOURNAL_FULL: &str =
+    "the journal is full: writes taken while degraded wait for their replay into Redis";
 
 /// Snapshot frames are handed to the writer in chunks of about this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
@@ -96,6 +119,10 @@ pub struct LoadReport {
     pub expired_dropped: usize,
     /// Bytes in the log after loading.
     pub log_bytes: u64,
+    /// Journal entries not yet replayed, after loading.
+    pub journal_entries: usize,
+    /// The sequence number the next journal entry gets.
+    pub journal_next_seq: u64,
 }
 
 /// Counters for health and metrics.
@@ -120,6 +147,18 @@ pub struct StoreStats {
     /// False while the log is poisoned by a write error (writes fail until a snapshot
     /// rewrites the state).
     pub log_healthy: bool,
+    /// Journal entries not yet replayed into Redis (the degraded-mode backlog).
+    pub journal_len: usize,
+    /// The most journal entries held ([`StoreTuning::max_journal`]).
+    pub journal_max: usize,
+    /// The sequence number of the oldest journal entry not yet replayed, if any.
+    pub journal_oldest_seq: Option<u64>,
+    /// The sequence number the next journal entry gets (the first is 1).
+    pub journal_next_seq: u64,
+    /// Every journal entry up to this sequence number has been replayed (0: none).
+    pub journal_acked_seq: u64,
+    /// Mirror puts of new sessions skipped because `max_entries` were held, since open.
+    pub mirror_skipped: u64,
 }
 
 /// A durability failure: the write could not be made durable and is not acknowledged.
@@ -146,7 +185,7 @@ pub enum CreateOutcome {
     Revoked,
     /// A live session with this id belongs to another user.
     Conflict,
-    /// `max_entries` are held.
+    /// `max_entries` are held, or (journaling) the journal is full.
     Full,
 }
 
@@ -244,6 +283,11 @@ pub struct StoreCore {
     last_full_sweep: Option<UnixSeconds>,
     over_capacity_warned: bool,
     last_snapshot_attempt: Option<Instant>,
+    /// Writes taken while degraded, not yet replayed (owned here: readers never see it).
+    journal: Journal,
+    journal_full_warned: bool,
+    mirror_skipped: u64,
+    mirror_full_warned: bool,
 }
 
 fn store_err(e: impl std::fmt::Display) -> StoreError {
@@ -266,10 +310,13 @@ impl StoreCore {
         std::fs::create_dir_all(&o.data_dir)?;
         let lock = log::lock_dir(&o.data_dir)?;
         let mut state = State::default();
-        let mut sink = Loader { state: &mut state, max_entries: o.max_entries };
+        let mut journal = Journal::default();
+        let mut sink =
+            Loader { state: &mut state, journal: &mut journal, max_entries: o.max_entries };
         let loaded = log::load(&o.data_dir, &mut sink)?;
         let expired_dropped = state.sweep(now);
         state.shrink();
+        journal.shrink();
         let writer = Writer::start(WriterSetup {
             dir: o.data_dir.clone(),
             file: loaded.file,
@@ -290,6 +337,8 @@ impl StoreCore {
             skipped_records: loaded.skipped_records,
             expired_dropped,
             log_bytes: loaded.len,
+            journal_entries: journal.len(),
+            journal_next_seq: journal.next_seq(),
         };
         ::log::info!(
             "session store loaded from {}: {} sessions, {} tombstones, {} records in {} ms",
@@ -299,6 +348,14 @@ impl StoreCore {
             report.records,
             report.duration_ms
         );
+        if let Some(oldest) = journal.oldest_seq() {
+            ::log::info!(
+                "session store journal holds {} writes not yet replayed into Redis (seq {oldest} \
+                 to {})",
+                journal.len(),
+                journal.next_seq() - 1
+            );
+        }
         let core = StoreCore {
             state: Arc::new(RwLock::new(state)),
             max_entries: o.max_entries,
@@ -311,6 +368,10 @@ impl StoreCore {
             last_full_sweep: None,
             over_capacity_warned: false,
             last_snapshot_attempt: None,
+            journal,
+            journal_full_warned: false,
+            mirror_skipped: 0,
+            mirror_full_warned: false,
         };
         Ok((core, report))
     }
@@ -321,6 +382,26 @@ impl StoreCore {
     /// `created_at = now` and `expires_at = new.expires_at` (already capped by the caller).
     /// When the `Durable` fails the outcome must not be acknowledged.
     pub fn create(&mut self, new: NewSession, now: UnixSeconds) -> (CreateOutcome, Durable) {
+        self.create_impl(new, now, false)
+    }
+
+    /// [`Self::create`], and a `Created` session is also a journal entry
+    /// ([`JournalOp::Put`]) recorded by the same log frame. Answers `Full` as well when the
+    /// journal holds [`StoreTuning::max_journal`] entries.
+    pub fn create_journaled(
+        &mut self,
+        new: NewSession,
+        now: UnixSeconds,
+    ) -> (CreateOutcome, Durable) {
+        self.create_impl(new, now, true)
+    }
+
+    fn create_impl(
+        &mut self,
+        new: NewSession,
+        now: UnixSeconds,
+        journal: bool,
+    ) -> (CreateOutcome, Durable) {
         let id = new.identity.session_id.as_str();
         let st = self.st();
         if st.tombstone(id).is_some_and(|until| until > now) {
@@ -344,15 +425,19 @@ impl StoreCore {
             return (outcome, self.barrier());
         }
         drop(st);
+        if journal && !self.journal_room(1) {
+            return (CreateOutcome::Full, Durable::ready());
+        }
         if self.entries() >= self.max_entries {
             self.sweep_when_full(now);
             if self.entries() >= self.max_entries {
                 return (CreateOutcome::Full, Durable::ready());
             }
         }
+        let seq = journal.then(|| self.journal.next_seq());
         let ident = &new.identity;
         let created_len = new.expires_at.saturating_sub(now);
-        let rec = Record::Put(PutRecord {
+        let put = PutRecord {
             id,
             user_id: &ident.user_id,
             email: &ident.email,
@@ -362,9 +447,15 @@ impl StoreCore {
             expires_at: new.expires_at,
             created_len,
             attributes: Attrs::Map(&new.attributes),
-        });
+            journal: seq,
+        };
+        let entry = match seq.map(|seq| journal::encode_entry(seq, journal::put_body(&put))) {
+            Some(Err(e)) => return (CreateOutcome::Full, Durable::failed(store_err(e))),
+            Some(Ok(payload)) => Some(payload),
+            None => None,
+        };
         self.scratch.clear();
-        if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+        if let Err(e) = record::encode_frame(&mut self.scratch, &Record::Put(put)) {
             return (CreateOutcome::Full, Durable::failed(store_err(e)));
         }
         self.st_mut().insert_session(
@@ -392,6 +483,9 @@ impl StoreCore {
             expires_at,
             attributes,
         };
+        if let (Some(seq), Some(payload)) = (seq, entry) {
+            self.journal.push(seq, payload);
+        }
         self.after_write(now);
         (CreateOutcome::Created(session), durable)
     }
@@ -424,6 +518,28 @@ impl StoreCore {
         ttl: Option<i64>,
         now: UnixSeconds,
     ) -> (RefreshOutcome, Durable) {
+        self.refresh_impl(sid, ttl, now, false)
+    }
+
+    /// [`Self::refresh`], and a `Refreshed` session is also a journal entry
+    /// ([`JournalOp::Expiry`]) recorded by the same log frame. When the journal is full the
+    /// refresh is refused: nothing changes and the `Durable` fails ([`JOURNAL_FULL`]).
+    pub fn refresh_journaled(
+        &mut self,
+        sid: &str,
+        ttl: Option<i64>,
+        now: UnixSeconds,
+    ) -> (RefreshOutcome, Durable) {
+        self.refresh_impl(sid, ttl, now, true)
+    }
+
+    fn refresh_impl(
+        &mut self,
+        sid: &str,
+        ttl: Option<i64>,
+        now: UnixSeconds,
+        journal: bool,
+    ) -> (RefreshOutcome, Durable) {
         let st = self.st();
         let (session, expires_at) = match st.session(sid) {
             Some(slot) if slot.expires_at > now => match slot.fields() {
@@ -447,21 +563,55 @@ impl StoreCore {
             }
         };
         drop(st);
+        if journal && !self.journal_room(1) {
+            return (RefreshOutcome::Missing, journal_full());
+        }
+        let seq = journal.then(|| self.journal.next_seq());
+        let exp = ExpiryRecord { id: sid, expires_at, journal: seq };
+        let entry = match seq.map(|seq| journal::encode_entry(seq, journal::expiry_body(&exp))) {
+            Some(Err(e)) => return (RefreshOutcome::Missing, Durable::failed(store_err(e))),
+            Some(Ok(payload)) => Some(payload),
+            None => None,
+        };
         self.scratch.clear();
-        let rec = Record::Expiry(ExpiryRecord { id: sid, expires_at });
-        if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+        if let Err(e) = record::encode_frame(&mut self.scratch, &Record::Expiry(exp)) {
             return (RefreshOutcome::Missing, Durable::failed(store_err(e)));
         }
         self.st_mut().set_expiry(sid, expires_at);
         let durable = self.submit_scratch();
+        if let (Some(seq), Some(payload)) = (seq, entry) {
+            self.journal.push(seq, payload);
+        }
         self.after_write(now);
         (RefreshOutcome::Refreshed(session), durable)
     }
 
     /// Revokes a session id; never refused, even when full.
     pub fn revoke(&mut self, sid: &str, now: UnixSeconds) -> (RevokeOutcome, Durable) {
+        self.revoke_impl(sid, now, false)
+    }
+
+    /// [`Self::revoke`], and a new revocation (`newly_revoked`) is also a journal entry
+    /// ([`JournalOp::Tomb`], with the session's user when it was live) recorded by the same
+    /// log frame. When the journal is full the revocation is refused (a revocation that could
+    /// not be replayed would be lost silently): nothing changes and the `Durable` fails
+    /// ([`JOURNAL_FULL`]).
+    pub fn revoke_journaled(&mut self, sid: &str, now: UnixSeconds) -> (RevokeOutcome, Durable) {
+        self.revoke_impl(sid, now, true)
+    }
+
+    fn revoke_impl(
+        &mut self,
+        sid: &str,
+        now: UnixSeconds,
+        journal: bool,
+    ) -> (RevokeOutcome, Durable) {
         let st = self.st();
-        let live_until = st.session(sid).filter(|s| s.expires_at > now).map(|s| s.expires_at);
+        let live = st.session(sid).filter(|s| s.expires_at > now);
+        let live_until = live.map(|s| s.expires_at);
+        // The user goes into the journal entry; only read when journaling.
+        let live_user = live.filter(|_| journal).and_then(|s| s.fields()).map(|f| f.user_id);
+        let live_user = live_user.map(str::to_string);
         let earlier = st.tombstone(sid);
         drop(st);
         let until = match live_until {
@@ -476,11 +626,21 @@ impl StoreCore {
             }
         };
         let until = until.max(earlier.unwrap_or(until));
-        self.scratch.clear();
-        let rec = Record::Tomb(TombRecord { id: sid, until });
-        if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+        if journal && !self.journal_room(1) {
             let outcome = RevokeOutcome { newly_revoked: false, user_id: None };
-            return (outcome, Durable::failed(store_err(e)));
+            return (outcome, journal_full());
+        }
+        let seq = journal.then(|| self.journal.next_seq());
+        let tomb = TombRecord { id: sid, until, journal: seq, user_id: live_user.as_deref() };
+        let not_revoked = || RevokeOutcome { newly_revoked: false, user_id: None };
+        let entry = match seq.map(|seq| journal::encode_entry(seq, journal::tomb_body(&tomb))) {
+            Some(Err(e)) => return (not_revoked(), Durable::failed(store_err(e))),
+            Some(Ok(payload)) => Some(payload),
+            None => None,
+        };
+        self.scratch.clear();
+        if let Err(e) = record::encode_frame(&mut self.scratch, &Record::Tomb(tomb)) {
+            return (not_revoked(), Durable::failed(store_err(e)));
         }
         let (removed, _) = self.st_mut().put_tombstone(sid, until);
         let user_id = match live_until {
@@ -488,6 +648,9 @@ impl StoreCore {
             None => None,
         };
         let durable = self.submit_scratch();
+        if let (Some(seq), Some(payload)) = (seq, entry) {
+            self.journal.push(seq, payload);
+        }
         self.check_capacity();
         self.after_write(now);
         (RevokeOutcome { newly_revoked: true, user_id }, durable)
@@ -501,6 +664,25 @@ impl StoreCore {
     /// Revokes every live session of a user; answers their ids (in [`Self::list_user`]
     /// order). One durability wait covers them all.
     pub fn revoke_user(&mut self, uid: &str, now: UnixSeconds) -> (Vec<String>, Durable) {
+        self.revoke_user_impl(uid, now, false)
+    }
+
+    /// [`Self::revoke_user`], journaled: one [`JournalOp::Tomb`] per revoked session (in the
+    /// answered order) and then [`JournalOp::RevokeUser`] `{ at: now }`, each recorded by the
+    /// frame that records the change. The `RevokeUser` entry is written even when no session
+    /// of the user is held here: the user's sessions held only by Redis must be revoked on
+    /// replay. When the journal cannot take all the entries, nothing changes and the `Durable`
+    /// fails ([`JOURNAL_FULL`]).
+    pub fn revoke_user_journaled(&mut self, uid: &str, now: UnixSeconds) -> (Vec<String>, Durable) {
+        self.revoke_user_impl(uid, now, true)
+    }
+
+    fn revoke_user_impl(
+        &mut self,
+        uid: &str,
+        now: UnixSeconds,
+        journal: bool,
+    ) -> (Vec<String>, Durable) {
         let mut live: Vec<(UnixSeconds, String, UnixSeconds)> = Vec::new();
         {
             let st = self.st();
@@ -513,15 +695,42 @@ impl StoreCore {
                 }
             }
         }
-        if live.is_empty() {
+        if journal && !self.journal_room(live.len().saturating_add(1)) {
+            return (Vec::new(), journal_full());
+        }
+        if live.is_empty() && !journal {
             return (Vec::new(), self.barrier());
         }
         live.sort();
+        let first_seq = self.journal.next_seq();
+        let user = journal.then_some(uid);
+        // With the journal: each tomb frame carries its entry, then a `jrn` frame the
+        // revoke-all. Everything is encoded before anything changes.
+        let mut entries: Vec<(u64, Box<[u8]>)> = Vec::new();
         self.scratch.clear();
-        for (_, id, until) in &live {
-            let rec = Record::Tomb(TombRecord { id, until: *until });
-            if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+        for (k, (_, id, until)) in live.iter().enumerate() {
+            let seq = journal.then_some(first_seq + k as u64);
+            let tomb = TombRecord { id, until: *until, journal: seq, user_id: user };
+            if let Some(seq) = seq {
+                match journal::encode_entry(seq, journal::tomb_body(&tomb)) {
+                    Ok(payload) => entries.push((seq, payload)),
+                    Err(e) => return (Vec::new(), Durable::failed(store_err(e))),
+                }
+            }
+            if let Err(e) = record::encode_frame(&mut self.scratch, &Record::Tomb(tomb)) {
                 return (Vec::new(), Durable::failed(store_err(e)));
+            }
+        }
+        if journal {
+            let seq = first_seq + live.len() as u64;
+            let body = JournalBody::RevokeUser(RevokeUserRecord { user_id: uid, at: now });
+            let framed = journal::encode_entry(seq, body).and_then(|payload| {
+                record::append_frame(&mut self.scratch, &payload)?;
+                Ok(payload)
+            });
+            match framed {
+                Ok(payload) => entries.push((seq, payload)),
+                Err(e) => return (Vec::new(), Durable::failed(store_err(e))),
             }
         }
         {
@@ -531,9 +740,198 @@ impl StoreCore {
             }
         }
         let durable = self.submit_scratch();
+        for (seq, payload) in entries {
+            self.journal.push(seq, payload);
+        }
         self.check_capacity();
         self.after_write(now);
         (live.into_iter().map(|(_, id, _)| id).collect(), durable)
+    }
+
+    /// Mirror (Redis mode): stores `session` as Redis holds it, replacing any session with
+    /// that id, with `expires_at` capped at `now + max_ttl_seconds`. Never journaled. Nothing
+    /// is written when the id has a live tombstone here (the revocation stays), when the
+    /// session has expired, or when the same session (same fields and expiry) is already
+    /// held, so mirroring every validation costs a log write only when something changed.
+    /// A *new* id is skipped (counted in [`StoreStats::mirror_skipped`], a warning logged once
+    /// per crossing) when `max_entries` are held after dropping expired entries: the mirror is
+    /// a cache and stays bounded; the `Durable` still resolves `Ok`.
+    pub fn mirror_put(&mut self, session: &Session, created_len: i64, now: UnixSeconds) -> Durable {
+        let id = session.session_id.as_str();
+        let expires_at = session.expires_at.min(now.saturating_add(self.max_ttl));
+        if expires_at <= now {
+            return self.barrier();
+        }
+        let st = self.st();
+        if st.tombstone(id).is_some_and(|until| until > now) {
+            drop(st);
+            return self.barrier();
+        }
+        let held = st.session(id);
+        if held.is_some_and(|slot| same_session(slot, session, expires_at, created_len)) {
+            drop(st);
+            return self.barrier();
+        }
+        let is_new = held.is_none();
+        drop(st);
+        if is_new && self.entries() >= self.max_entries {
+            self.sweep_when_full(now);
+            if self.entries() >= self.max_entries {
+                self.mirror_skipped += 1;
+                if !self.mirror_full_warned {
+                    self.mirror_full_warned = true;
+                    ::log::warn!(
+                        "session store holds max_entries = {} entries: sessions seen in Redis \
+                         are not mirrored until some expire",
+                        self.max_entries
+                    );
+                }
+                return Durable::ready();
+            }
+        }
+        let rec = Record::Put(PutRecord {
+            id,
+            user_id: &session.user_id,
+            email: &session.email,
+            role: &session.role,
+            format: session.format,
+            created_at: session.created_at,
+            expires_at,
+            created_len,
+            attributes: Attrs::Map(&session.attributes),
+            journal: None,
+        });
+        self.scratch.clear();
+        if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+            return Durable::failed(store_err(e));
+        }
+        self.st_mut().insert_session(
+            id,
+            NewRow {
+                user_id: &session.user_id,
+                email: &session.email,
+                role: &session.role,
+                format: session.format,
+                created_at: session.created_at,
+                expires_at,
+                created_len,
+                attributes: session.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            },
+        );
+        let durable = self.submit_scratch();
+        self.after_write(now);
+        durable
+    }
+
+    /// Mirror (Redis mode): records a revocation seen elsewhere. Removes the session if held
+    /// and keeps the id revoked until the later of `until` and any earlier tombstone. Never
+    /// refused (like [`Self::revoke`]), never journaled. Nothing is written when nothing would
+    /// change (no session held and a tombstone at least as long, or `until <= now`).
+    pub fn mirror_tomb(&mut self, sid: &str, until: UnixSeconds, now: UnixSeconds) -> Durable {
+        let st = self.st();
+        let held = st.session(sid).is_some();
+        let earlier = st.tombstone(sid);
+        drop(st);
+        if !held && (until <= now || earlier.is_some_and(|e| e >= until)) {
+            return self.barrier();
+        }
+        let until = until.max(earlier.unwrap_or(until));
+        self.scratch.clear();
+        let rec = Record::Tomb(TombRecord::plain(sid, until));
+        if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+            return Durable::failed(store_err(e));
+        }
+        self.st_mut().put_tombstone(sid, until);
+        let durable = self.submit_scratch();
+        self.check_capacity();
+        self.after_write(now);
+        durable
+    }
+
+    /// Mirror (Redis mode): a revoke-all seen elsewhere. Revokes every live session of the user
+    /// held here, as [`Self::revoke_user`] does (never journaled).
+    pub fn mirror_revoke_user(&mut self, uid: &str, now: UnixSeconds) -> Durable {
+        self.revoke_user_impl(uid, now, false).1
+    }
+
+    /// Mirror (Redis mode): a new expiry seen elsewhere (a refresh). Sets it, capped at
+    /// `now + max_ttl_seconds`, when the session is live here; otherwise, or when the expiry
+    /// is already that, nothing is written. Never journaled.
+    pub fn mirror_expiry(
+        &mut self,
+        sid: &str,
+        expires_at: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Durable {
+        let expires_at = expires_at.min(now.saturating_add(self.max_ttl));
+        let current = self.st().session(sid).map(|s| s.expires_at);
+        match current {
+            Some(cur) if cur > now && cur != expires_at => {}
+            _ => return self.barrier(),
+        }
+        self.scratch.clear();
+        let rec = Record::Expiry(ExpiryRecord::plain(sid, expires_at));
+        if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+            return Durable::failed(store_err(e));
+        }
+        self.st_mut().set_expiry(sid, expires_at);
+        let durable = self.submit_scratch();
+        self.after_write(now);
+        durable
+    }
+
+    /// Up to `max` of the oldest journal entries not yet acknowledged, in sequence order.
+    ///
+    /// Answered from memory: the newest entries may not be durable yet. A caller that hands
+    /// them on (the replay into Redis) should wait for [`Self::barrier`] first, as the
+    /// FallbackStore actor does, so that no entry leaves the store before it is durable (an
+    /// entry lost with a torn tail was then never seen outside, and its sequence number may
+    /// be handed out again after a restart).
+    pub fn pending_journal(&self, max: usize) -> Vec<JournalEntry> {
+        self.journal.pending(max)
+    }
+
+    /// Journal entries not yet acknowledged.
+    pub fn journal_len(&self) -> usize {
+        self.journal.len()
+    }
+
+    /// Records that every journal entry with `seq <= up_to_seq` has been replayed: they are
+    /// dropped from memory at once, and a `jack` record makes that durable. `up_to_seq` is
+    /// capped at the last sequence number handed out; acknowledging again what is already
+    /// acknowledged writes nothing. When the `Durable` fails the entries are still gone from
+    /// memory, and the snapshot that repairs the log records the acknowledgement.
+    pub fn ack_journal(&mut self, up_to_seq: u64) -> Durable {
+        let Some(up_to) = self.journal.ack_target(up_to_seq) else {
+            return self.barrier();
+        };
+        self.scratch.clear();
+        let rec = Record::JournalAck(JournalAckRecord { up_to, next_seq: None });
+        if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+            return Durable::failed(store_err(e));
+        }
+        self.journal.ack(up_to);
+        if self.journal.has_room(1, self.tuning.max_journal) {
+            self.journal_full_warned = false;
+        }
+        self.submit_scratch()
+    }
+
+    /// Whether the journal can take `n` more entries; logs once per crossing when it cannot.
+    fn journal_room(&mut self, n: usize) -> bool {
+        if self.journal.has_room(n, self.tuning.max_journal) {
+            return true;
+        }
+        if !self.journal_full_warned {
+            self.journal_full_warned = true;
+            ::log::error!(
+                "session store journal holds {} writes not yet replayed into Redis (max {}): \
+                 degraded writes are refused until the replay catches up",
+                self.journal.len(),
+                self.tuning.max_journal
+            );
+        }
+        false
     }
 
     /// Drops expired sessions and tombstones; answers how many.
@@ -542,6 +940,9 @@ impl StoreCore {
         self.last_full_sweep = Some(now);
         if self.entries() <= self.max_entries {
             self.over_capacity_warned = false;
+        }
+        if self.entries() < self.max_entries {
+            self.mirror_full_warned = false;
         }
         n
     }
@@ -570,6 +971,12 @@ impl StoreCore {
             generation: sh.generation.load(Relaxed),
             compactions: sh.compactions.load(Relaxed),
             log_healthy: !sh.needs_snapshot.load(Relaxed),
+            journal_len: self.journal.len(),
+            journal_max: self.tuning.max_journal,
+            journal_oldest_seq: self.journal.oldest_seq(),
+            journal_next_seq: self.journal.next_seq(),
+            journal_acked_seq: self.journal.acked(),
+            mirror_skipped: self.mirror_skipped,
         }
     }
 
@@ -628,9 +1035,10 @@ impl StoreCore {
         durable
     }
 
-    /// Durable once everything written so far is: an answer that depends on a write not yet
-    /// durable must not be acknowledged before it.
-    fn barrier(&mut self) -> Durable {
+    /// Durable once everything written so far is (per the fsync mode): an answer that
+    /// depends on a write not yet durable must not be acknowledged before it. Ready at once
+    /// when nothing is pending.
+    pub fn barrier(&mut self) -> Durable {
         if !self.writer.has_pending() {
             return Durable::ready();
         }
@@ -692,6 +1100,7 @@ impl StoreCore {
                 expires_at: slot.expires_at,
                 created_len: f.created_len,
                 attributes: Attrs::Pairs(f.attributes),
+                journal: None,
             });
             push_snapshot_record(&mut self.writer, &mut chunk, &rec, &mut records);
         }
@@ -699,10 +1108,26 @@ impl StoreCore {
             if until <= now {
                 continue;
             }
-            let rec = Record::Tomb(TombRecord { id, until });
+            let rec = Record::Tomb(TombRecord::plain(id, until));
             push_snapshot_record(&mut self.writer, &mut chunk, &rec, &mut records);
         }
         drop(st);
+        // The journal goes forward whole: its bookkeeping, then every pending entry.
+        if self.journal.used() {
+            let rec = Record::JournalAck(JournalAckRecord {
+                up_to: self.journal.acked(),
+                next_seq: Some(self.journal.next_seq()),
+            });
+            push_snapshot_record(&mut self.writer, &mut chunk, &rec, &mut records);
+            for payload in self.journal.payloads() {
+                match record::append_frame(&mut chunk, payload) {
+                    Ok(()) => records += 1,
+                    // Entries are checked against the limit when they are taken.
+                    Err(e) => ::log::error!("journal entry left out of the snapshot: {e}"),
+                }
+                flush_snapshot_chunk(&mut self.writer, &mut chunk);
+            }
+        }
         if !chunk.is_empty() {
             self.writer.snapshot_chunk(chunk);
         }
@@ -778,6 +1203,11 @@ fn push_snapshot_record(
         // Everything in memory was encodable when it was written; this cannot happen.
         Err(e) => ::log::error!("left out of the snapshot: {e}"),
     }
+    flush_snapshot_chunk(writer, chunk);
+}
+
+/// Hands a full chunk to the writer.
+fn flush_snapshot_chunk(writer: &mut Writer, chunk: &mut Vec<u8>) {
     if chunk.len() >= SNAPSHOT_CHUNK_BYTES {
         let full = std::mem::replace(chunk, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES + 4096));
         writer.snapshot_chunk(full);
@@ -787,9 +1217,10 @@ fn push_snapshot_record(
 /// Most records are sessions of about this many bytes (see [`Loader::size_hint`]).
 const LOAD_BYTES_PER_ENTRY: u64 = 96;
 
-/// Feeds loaded records into the maps.
+/// Feeds loaded records into the maps and the journal.
 struct Loader<'a> {
     state: &'a mut State,
+    journal: &'a mut Journal,
     max_entries: usize,
 }
 
@@ -802,14 +1233,17 @@ impl log::Sink for Loader<'_> {
     }
 
     fn apply(&mut self, rec: Record<'_>) {
-        apply_record(self.state, rec);
+        apply_record(self.state, self.journal, rec);
     }
 }
 
-/// Replays one record into the maps (loading).
-fn apply_record(state: &mut State, rec: Record<'_>) {
+/// Replays one record into the maps and the journal (loading).
+fn apply_record(state: &mut State, jrn: &mut Journal, rec: Record<'_>) {
     match rec {
         Record::Put(p) => {
+            if let Some(seq) = p.journal {
+                jrn.load_entry(seq, journal::put_body(&p));
+            }
             let attrs = match p.attributes {
                 Attrs::Pairs(v) => v,
                 Attrs::Map(m) => m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
@@ -829,12 +1263,48 @@ fn apply_record(state: &mut State, rec: Record<'_>) {
             );
         }
         Record::Expiry(e) => {
+            if let Some(seq) = e.journal {
+                jrn.load_entry(seq, journal::expiry_body(&e));
+            }
             state.set_expiry(e.id, e.expires_at);
         }
         Record::Tomb(t) => {
+            if let Some(seq) = t.journal {
+                jrn.load_entry(seq, journal::tomb_body(&t));
+            }
             state.put_tombstone(t.id, t.until);
         }
+        Record::Journal(j) => jrn.load_entry(j.seq, j.op),
+        Record::JournalAck(a) => jrn.load_ack(a.up_to, a.next_seq),
     }
+}
+
+/// Whether `slot` holds `s` exactly (with the given expiry and created length).
+fn same_session(
+    slot: &state::Slot,
+    s: &Session,
+    expires_at: UnixSeconds,
+    created_len: i64,
+) -> bool {
+    if slot.expires_at != expires_at {
+        return false;
+    }
+    let Some(f) = slot.fields() else {
+        return false;
+    };
+    f.user_id == s.user_id
+        && f.email == s.email
+        && f.role == s.role
+        && f.format == s.format
+        && f.created_at == s.created_at
+        && f.created_len == created_len
+        && f.attributes.len() == s.attributes.len()
+        && f.attributes.iter().all(|(k, v)| s.attributes.get(*k).is_some_and(|x| x == v))
+}
+
+/// The `Durable` of a journaling write refused because the journal is full.
+fn journal_full() -> Durable {
+    Durable::failed(StoreError(JOURNAL_FULL.to_string()))
 }
 
 #[cfg(test)]

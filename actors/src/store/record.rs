@@ -25,7 +25,7 @@ pub const FRAME_HEADER_LEN: usize = 8;
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// The record kinds this build understands (the `k` of the payload).
-pub const KNOWN_KINDS: [&str; 3] = ["put", "exp", "tomb"];
+pub const KNOWN_KINDS: [&str; 5] = ["put", "exp", "tomb", "jrn", "jack"];
 
 /// A file header for `FORMAT_VERSION` with the given base length.
 pub fn header(base_len: u64) -> [u8; HEADER_LEN] {
@@ -163,6 +163,10 @@ pub struct PutRecord<'a> {
     /// Attributes; left out when empty.
     #[serde(rename = "a", borrow, default, skip_serializing_if = "Attrs::is_empty")]
     pub attributes: Attrs<'a>,
+    /// Journal sequence number: the create is also a journal entry (`JournalOp::Put`) not
+    /// yet replayed. Left out when not journaled.
+    #[serde(rename = "j", default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<u64>,
 }
 
 /// A new expiry for a live session (`refresh`).
@@ -174,6 +178,10 @@ pub struct ExpiryRecord<'a> {
     /// The new `expires_at`.
     #[serde(rename = "x")]
     pub expires_at: UnixSeconds,
+    /// Journal sequence number: the refresh is also a journal entry (`JournalOp::Expiry`).
+    /// Left out when not journaled.
+    #[serde(rename = "j", default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<u64>,
 }
 
 /// A revocation: the id is removed and refused until `until`.
@@ -185,6 +193,82 @@ pub struct TombRecord<'a> {
     /// Refused until then.
     #[serde(rename = "t")]
     pub until: UnixSeconds,
+    /// Journal sequence number: the revocation is also a journal entry (`JournalOp::Tomb`).
+    /// Left out when not journaled.
+    #[serde(rename = "j", default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<u64>,
+    /// The revoked session's user, when known; written only with a journal entry (it is the
+    /// entry's `user_id`). Left out when unknown.
+    #[serde(rename = "u", borrow, default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<&'a str>,
+}
+
+impl<'a> TombRecord<'a> {
+    /// A revocation that is not a journal entry.
+    pub fn plain(id: &'a str, until: UnixSeconds) -> Self {
+        TombRecord { id, until, journal: None, user_id: None }
+    }
+}
+
+impl<'a> ExpiryRecord<'a> {
+    /// A new expiry that is not a journal entry.
+    pub fn plain(id: &'a str, expires_at: UnixSeconds) -> Self {
+        ExpiryRecord { id, expires_at, journal: None }
+    }
+}
+
+/// A revoke-all of a user, as a journal entry (`JournalOp::RevokeUser`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeUserRecord<'a> {
+    /// User id.
+    #[serde(rename = "u", borrow)]
+    pub user_id: &'a str,
+    /// When the revoke-all was taken.
+    #[serde(rename = "a")]
+    pub at: UnixSeconds,
+}
+
+/// The write a journal-only entry describes; the same bodies as the data records (their own
+/// `j` left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "k", content = "v")]
+pub enum JournalBody<'a> {
+    /// `JournalOp::Put`.
+    #[serde(rename = "put", borrow)]
+    Put(PutRecord<'a>),
+    /// `JournalOp::Expiry`.
+    #[serde(rename = "exp", borrow)]
+    Expiry(ExpiryRecord<'a>),
+    /// `JournalOp::Tomb` (`u`: the user, when known).
+    #[serde(rename = "tomb", borrow)]
+    Tomb(TombRecord<'a>),
+    /// `JournalOp::RevokeUser`.
+    #[serde(rename = "ru", borrow)]
+    RevokeUser(RevokeUserRecord<'a>),
+}
+
+/// A journal entry that changes nothing in the maps: a revoke-all's closing entry, or a
+/// pending entry restated by a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord<'a> {
+    /// Sequence number.
+    #[serde(rename = "j")]
+    pub seq: u64,
+    /// The write.
+    #[serde(rename = "o", borrow)]
+    pub op: JournalBody<'a>,
+}
+
+/// Journal bookkeeping: every entry up to `s` has been replayed; a snapshot also states the
+/// next sequence number to hand out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalAckRecord {
+    /// Every entry with a sequence number up to this one was replayed.
+    #[serde(rename = "s")]
+    pub up_to: u64,
+    /// The next sequence number (snapshots only); left out otherwise.
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub next_seq: Option<u64>,
 }
 
 /// One log record. Adjacently tagged: `{"k": kind, "v": body}`, both as MessagePack maps, so
@@ -202,6 +286,12 @@ pub enum Record<'a> {
     /// A session id was revoked.
     #[serde(rename = "tomb", borrow)]
     Tomb(TombRecord<'a>),
+    /// A journal entry with no effect on the maps.
+    #[serde(rename = "jrn", borrow)]
+    Journal(JournalRecord<'a>),
+    /// Journal entries acknowledged as replayed (and, in snapshots, the next sequence number).
+    #[serde(rename = "jack")]
+    JournalAck(JournalAckRecord),
 }
 
 /// Only the tag, to recognise records of kinds a later version added.
@@ -282,6 +372,30 @@ pub fn encode_frame(out: &mut Vec<u8>, rec: &Record<'_>) -> Result<(), EncodeErr
     Ok(())
 }
 
+/// Encodes a record's payload alone (no frame header); refused over [`MAX_PAYLOAD_BYTES`].
+pub fn encode_payload(rec: &Record<'_>) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(128);
+    rmp_serde::encode::write_named(&mut out, rec)
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    if out.len() > MAX_PAYLOAD_BYTES {
+        return Err(EncodeError::TooLarge(out.len()));
+    }
+    Ok(out)
+}
+
+/// Appends a frame around a payload from [`encode_payload`]. On error `out` is unchanged.
+pub fn append_frame(out: &mut Vec<u8>, payload: &[u8]) -> Result<(), EncodeError> {
+    let len32 = match u32::try_from(payload.len()) {
+        Ok(n) if payload.len() <= MAX_PAYLOAD_BYTES => n,
+        _ => return Err(EncodeError::TooLarge(payload.len())),
+    };
+    let len_bytes = len32.to_le_bytes();
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&frame_crc(len_bytes, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
 /// Reads a frame header: `(payload length, crc)`.
 pub fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN]) -> ([u8; 4], usize, u32) {
     let mut len = [0u8; 4];
@@ -312,6 +426,7 @@ mod tests {
             expires_at: 200,
             created_len: 100,
             attributes: Attrs::Map(attrs),
+            journal: None,
         })
     }
 
@@ -340,6 +455,58 @@ mod tests {
     }
 
     #[test]
+    fn journal_fields_are_left_out_when_absent_and_round_trip_when_present() {
+        let attrs = BTreeMap::new();
+        let mut plain = Vec::new();
+        encode_frame(&mut plain, &put(&attrs)).unwrap();
+        let Record::Put(mut p) = put(&attrs) else { unreachable!() };
+        p.journal = Some(42);
+        let mut journaled = Vec::new();
+        encode_frame(&mut journaled, &Record::Put(p)).unwrap();
+        // "j" and a one-byte integer.
+        assert_eq!(journaled.len(), plain.len() + 3);
+        match decode_payload(payload(&journaled)) {
+            Some(Decoded::Known(Record::Put(p))) => assert_eq!(p.journal, Some(42)),
+            other => panic!("unexpected {other:?}"),
+        }
+        match decode_payload(payload(&plain)) {
+            Some(Decoded::Known(Record::Put(p))) => assert_eq!(p.journal, None),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A version-1 record without the fields (what earlier builds wrote) reads as "not
+        // journaled".
+        #[derive(Serialize)]
+        #[serde(tag = "k", content = "v")]
+        enum Old<'a> {
+            #[serde(rename = "tomb")]
+            Tomb { i: &'a str, t: i64 },
+        }
+        let b = rmp_serde::to_vec_named(&Old::Tomb { i: "z", t: 5 }).unwrap();
+        assert_eq!(
+            decode_payload(&b),
+            Some(Decoded::Known(Record::Tomb(TombRecord::plain("z", 5))))
+        );
+    }
+
+    #[test]
+    fn a_framed_payload_is_the_same_frame() {
+        let rec = Record::Journal(JournalRecord {
+            seq: 1 << 40,
+            op: JournalBody::RevokeUser(RevokeUserRecord { user_id: "u", at: 11 }),
+        });
+        let mut a = Vec::new();
+        encode_frame(&mut a, &rec).unwrap();
+        let mut b = vec![9];
+        append_frame(&mut b, &encode_payload(&rec).unwrap()).unwrap();
+        assert_eq!(&b[1..], &a[..]);
+        assert!(matches!(
+            append_frame(&mut b, &vec![0; MAX_PAYLOAD_BYTES + 1]),
+            Err(EncodeError::TooLarge(_))
+        ));
+        assert_eq!(&b[1..], &a[..]);
+    }
+
+    #[test]
     fn empty_attributes_are_left_out_and_read_back_empty() {
         let attrs = BTreeMap::new();
         let mut buf = Vec::new();
@@ -353,8 +520,25 @@ mod tests {
     #[test]
     fn tomb_and_expiry_round_trip() {
         for rec in [
-            Record::Tomb(TombRecord { id: "x", until: 7 }),
-            Record::Expiry(ExpiryRecord { id: "y", expires_at: 9 }),
+            Record::Tomb(TombRecord::plain("x", 7)),
+            Record::Expiry(ExpiryRecord::plain("y", 9)),
+            Record::Tomb(TombRecord { id: "x", until: 7, journal: Some(3), user_id: Some("u") }),
+            Record::Expiry(ExpiryRecord { id: "y", expires_at: 9, journal: Some(4) }),
+            Record::Journal(JournalRecord {
+                seq: 5,
+                op: JournalBody::RevokeUser(RevokeUserRecord { user_id: "u", at: 11 }),
+            }),
+            Record::Journal(JournalRecord {
+                seq: 6,
+                op: JournalBody::Tomb(TombRecord {
+                    id: "z",
+                    until: 12,
+                    journal: None,
+                    user_id: None,
+                }),
+            }),
+            Record::JournalAck(JournalAckRecord { up_to: 4, next_seq: None }),
+            Record::JournalAck(JournalAckRecord { up_to: 4, next_seq: Some(7) }),
         ] {
             let mut buf = Vec::new();
             encode_frame(&mut buf, &rec).unwrap();
@@ -377,14 +561,14 @@ mod tests {
         let b = rmp_serde::to_vec_named(&Future::Tomb { i: "z", t: 5, replayed: true }).unwrap();
         assert_eq!(
             decode_payload(&b),
-            Some(Decoded::Known(Record::Tomb(TombRecord { id: "z", until: 5 })))
+            Some(Decoded::Known(Record::Tomb(TombRecord::plain("z", 5))))
         );
     }
 
     #[test]
     fn garbage_and_truncated_payloads_are_not_records() {
         let mut buf = Vec::new();
-        encode_frame(&mut buf, &Record::Tomb(TombRecord { id: "x", until: 7 })).unwrap();
+        encode_frame(&mut buf, &Record::Tomb(TombRecord::plain("x", 7))).unwrap();
         let p = payload(&buf);
         assert_eq!(decode_payload(&p[..p.len() - 1]), None);
         assert_eq!(decode_payload(&[0xc1, 0x00, 0x17]), None);

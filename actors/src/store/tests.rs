@@ -9,7 +9,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::domain::{Identity, TokenFormat};
+use crate::domain::{Identity, JournalEntry, JournalOp, TokenFormat};
 
 const NOW: UnixSeconds = 1_000_000;
 const MAX_TTL: i64 = 3600;
@@ -696,43 +696,585 @@ fn many_writes_without_waiting_are_all_logged() {
     assert_eq!(s.list_user("u", NOW).len(), 20_000);
 }
 
+// ---- journal --------------------------------------------------------------------------------
+
+fn session_of(id: &str, user: &str, created_at: UnixSeconds, expires_at: UnixSeconds) -> Session {
+    let n = new_session(id, user, expires_at);
+    Session {
+        session_id: id.to_string(),
+        user_id: user.to_string(),
+        email: n.identity.email,
+        role: n.identity.role,
+        format: n.identity.format,
+        created_at,
+        expires_at,
+        attributes: n.attributes,
+    }
+}
+
+fn put_op(id: &str, user: &str, created_at: UnixSeconds, expires_at: UnixSeconds) -> JournalOp {
+    JournalOp::Put {
+        session: session_of(id, user, created_at, expires_at),
+        created_len: expires_at - created_at,
+    }
+}
+
+fn tomb_op(id: &str, until: UnixSeconds, user: Option<&str>) -> JournalOp {
+    JournalOp::Tomb { session_id: id.into(), until, user_id: user.map(str::to_string) }
+}
+
+fn ops(s: &StoreCore) -> Vec<(u64, JournalOp)> {
+    s.pending_journal(usize::MAX).into_iter().map(|e| (e.seq, e.op)).collect()
+}
+
+fn jcreate(s: &mut StoreCore, id: &str, user: &str, exp: i64, now: i64) -> CreateOutcome {
+    let (o, d) = s.create_journaled(new_session(id, user, exp), now);
+    wait(d);
+    o
+}
+
+fn jrevoke(s: &mut StoreCore, id: &str, now: UnixSeconds) -> RevokeOutcome {
+    let (o, d) = s.revoke_journaled(id, now);
+    wait(d);
+    o
+}
+
+fn jrefresh(s: &mut StoreCore, id: &str, ttl: Option<i64>, now: UnixSeconds) -> RefreshOutcome {
+    let (o, d) = s.refresh_journaled(id, ttl, now);
+    wait(d);
+    o
+}
+
+fn jrevoke_user(s: &mut StoreCore, uid: &str, now: UnixSeconds) -> Vec<String> {
+    let (ids, d) = s.revoke_user_journaled(uid, now);
+    wait(d);
+    ids
+}
+
+fn ack(s: &mut StoreCore, up_to: u64) {
+    wait(s.ack_journal(up_to));
+}
+
+fn open_tuned(dir: &Path, max_entries: usize, tuning: StoreTuning) -> (StoreCore, LoadReport) {
+    StoreCore::open_with(opts(dir, FsyncMode::Never, max_entries), tuning, NOW).unwrap()
+}
+
+#[test]
+fn journaled_writes_record_their_entries_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    assert!(matches!(jcreate(&mut s, "s1", "u1", NOW + 100, NOW), CreateOutcome::Created(_)));
+    jcreate(&mut s, "s2", "u1", NOW + 200, NOW);
+    assert!(matches!(jrefresh(&mut s, "s1", Some(300), NOW + 1), RefreshOutcome::Refreshed(_)));
+    assert_eq!(
+        jrevoke(&mut s, "s2", NOW + 2),
+        RevokeOutcome { newly_revoked: true, user_id: Some("u1".into()) }
+    );
+    assert_eq!(jrevoke(&mut s, "never-seen", NOW + 2).user_id, None);
+    // Not journaled: no entry, but the write happens.
+    create(&mut s, "s3", "u1", NOW + 50, NOW + 2);
+    // In list_user order: by created_at.
+    assert_eq!(jrevoke_user(&mut s, "u1", NOW + 3), ["s1", "s3"]);
+    let expect = vec![
+        (1, put_op("s1", "u1", NOW, NOW + 100)),
+        (2, put_op("s2", "u1", NOW, NOW + 200)),
+        (3, JournalOp::Expiry { session_id: "s1".into(), expires_at: NOW + 301 }),
+        (4, tomb_op("s2", NOW + 200, Some("u1"))),
+        (5, tomb_op("never-seen", NOW + 2 + MAX_TTL, None)),
+        (6, tomb_op("s1", NOW + 301, Some("u1"))),
+        (7, tomb_op("s3", NOW + 50, Some("u1"))),
+        (8, JournalOp::RevokeUser { user_id: "u1".into(), at: NOW + 3 }),
+    ];
+    assert_eq!(ops(&s), expect);
+    let st = s.stats();
+    assert_eq!(
+        (st.journal_len, st.journal_oldest_seq, st.journal_next_seq, st.journal_acked_seq),
+        (8, Some(1), 9, 0)
+    );
+    assert_eq!(st.journal_max, DEFAULT_MAX_JOURNAL);
+    assert_eq!(s.journal_len(), 8);
+    // The same from the log.
+    drop(s);
+    let (s, report) = open_at(dir.path(), NOW + 3);
+    assert_eq!((report.journal_entries, report.journal_next_seq), (8, 9));
+    assert_eq!(ops(&s), expect);
+    assert_eq!(s.get("s1", NOW + 3), Lookup::Revoked);
+    assert_eq!(s.get("s3", NOW + 3), Lookup::Revoked);
+}
+
+#[test]
+fn writes_that_change_nothing_are_not_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) =
+        open_tuned(dir.path(), 3, StoreTuning { max_journal: 100, ..StoreTuning::default() });
+    jcreate(&mut s, "s1", "u1", NOW + 100, NOW);
+    jcreate(&mut s, "s2", "u1", NOW + 100, NOW);
+    jrevoke(&mut s, "s2", NOW);
+    create(&mut s, "s0", "u0", NOW + 100, NOW);
+    let before = ops(&s);
+    assert_eq!(before.len(), 3);
+    assert!(matches!(jcreate(&mut s, "s1", "u1", NOW + 100, NOW), CreateOutcome::Existing(_)));
+    assert_eq!(jcreate(&mut s, "s1", "u2", NOW + 100, NOW), CreateOutcome::Conflict);
+    assert_eq!(jcreate(&mut s, "s2", "u1", NOW + 100, NOW), CreateOutcome::Revoked);
+    // max_entries (3) are held: Full, no entry.
+    assert_eq!(jcreate(&mut s, "s9", "u1", NOW + 100, NOW), CreateOutcome::Full);
+    assert_eq!(jrefresh(&mut s, "s2", None, NOW), RefreshOutcome::Revoked);
+    assert_eq!(jrefresh(&mut s, "nope", None, NOW), RefreshOutcome::Missing);
+    assert!(!jrevoke(&mut s, "s2", NOW).newly_revoked);
+    // Plain writes never add entries.
+    refresh(&mut s, "s1", Some(10), NOW);
+    revoke(&mut s, "x", NOW);
+    let (_, d) = s.revoke_user("u1", NOW);
+    wait(d);
+    assert_eq!(ops(&s), before);
+    // A journaled revoke-all of a user with nothing held here still records the revoke-all:
+    // Redis may hold sessions of that user.
+    assert!(jrevoke_user(&mut s, "u1", NOW + 1).is_empty());
+    assert_eq!(
+        ops(&s).last().unwrap(),
+        &(4, JournalOp::RevokeUser { user_id: "u1".into(), at: NOW + 1 })
+    );
+}
+
+#[test]
+fn pending_and_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    for i in 0..5 {
+        jcreate(&mut s, &format!("s{i}"), "u", NOW + 100, NOW);
+    }
+    let first_two: Vec<u64> = s.pending_journal(2).iter().map(|e| e.seq).collect();
+    assert_eq!(first_two, [1, 2]);
+    ack(&mut s, 2);
+    assert_eq!(s.pending_journal(10).iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+    // Going back or repeating writes nothing and changes nothing.
+    let bytes = s.stats().log_bytes;
+    let d = s.ack_journal(1);
+    assert!(d.is_ready());
+    wait(d);
+    ack(&mut s, 2);
+    s.flush().unwrap();
+    assert_eq!(s.stats().log_bytes, bytes);
+    assert_eq!(s.journal_len(), 3);
+    // Past the last seq handed out: capped, so later entries are not acknowledged in advance.
+    ack(&mut s, 1000);
+    assert_eq!(s.journal_len(), 0);
+    let st = s.stats();
+    assert_eq!((st.journal_oldest_seq, st.journal_next_seq, st.journal_acked_seq), (None, 6, 5));
+    jcreate(&mut s, "s9", "u", NOW + 100, NOW);
+    assert_eq!(s.pending_journal(10)[0].seq, 6);
+    drop(s);
+    let (s, _) = open_at(dir.path(), NOW);
+    assert_eq!(s.pending_journal(10).iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
+    // The acknowledged writes themselves are still there: the journal only tracks replay.
+    assert_eq!(s.list_user("u", NOW).len(), 6);
+}
+
+#[test]
+fn an_ack_survives_reopen_and_seqs_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    for i in 0..4 {
+        jrevoke(&mut s, &format!("r{i}"), NOW);
+    }
+    ack(&mut s, 3);
+    drop(s);
+    let (mut s, report) = open_at(dir.path(), NOW);
+    assert_eq!((report.journal_entries, report.journal_next_seq), (1, 5));
+    assert_eq!(ops(&s), vec![(4, tomb_op("r3", NOW + MAX_TTL, None))]);
+    ack(&mut s, 4);
+    drop(s);
+    // Everything acknowledged: the next seq still continues.
+    let (mut s, report) = open_at(dir.path(), NOW);
+    assert_eq!((report.journal_entries, report.journal_next_seq), (0, 5));
+    jrevoke(&mut s, "r9", NOW);
+    assert_eq!(s.pending_journal(1)[0].seq, 5);
+}
+
+#[test]
+fn the_journal_survives_compaction_and_reopen_with_seq_continuity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    jcreate(&mut s, "a", "u1", NOW + 100, NOW);
+    jcreate(&mut s, "b", "u1", NOW + 100, NOW);
+    // An entry whose session changed later: the journal keeps the write as it was taken.
+    jrevoke(&mut s, "a", NOW + 1);
+    jrefresh(&mut s, "b", Some(500), NOW + 1);
+    jrevoke_user(&mut s, "u2", NOW + 1);
+    ack(&mut s, 1);
+    let expect = ops(&s);
+    assert_eq!(expect.len(), 4);
+    s.compact(NOW + 1);
+    jcreate(&mut s, "c", "u2", NOW + 100, NOW + 1);
+    s.flush().unwrap();
+    assert_eq!(s.stats().generation, 2);
+    drop(s);
+    let (mut s, report) = open_at(dir.path(), NOW + 1);
+    assert_eq!(report.generation, 2);
+    let mut after = expect.clone();
+    after.push((6, put_op("c", "u2", NOW + 1, NOW + 100)));
+    assert_eq!(ops(&s), after);
+    assert_eq!(report.journal_next_seq, 7);
+    assert_eq!(s.get("a", NOW + 1), Lookup::Revoked);
+    assert_eq!(live(&s, "b", NOW + 1).expires_at, NOW + 501);
+    // Acknowledge everything, compact: the snapshot holds no entry, and the seq goes on.
+    ack(&mut s, 6);
+    s.compact(NOW + 1);
+    s.flush().unwrap();
+    drop(s);
+    let (mut s, report) = open_at(dir.path(), NOW + 1);
+    assert_eq!((report.generation, report.journal_entries, report.journal_next_seq), (3, 0, 7));
+    jrevoke(&mut s, "z", NOW + 1);
+    assert_eq!(s.pending_journal(1)[0].seq, 7);
+    // A snapshot by itself, past the threshold, carries the journal too.
+    drop(s);
+    let tuning = StoreTuning { compact_min_bytes: 2048, ..StoreTuning::default() };
+    let (mut s, _) = open_tuned(dir.path(), 1000, tuning.clone());
+    for i in 0..100 {
+        jrefresh(&mut s, "b", Some(600 + i), NOW + 1);
+    }
+    s.flush().unwrap();
+    assert!(s.stats().compactions >= 1);
+    let expect = ops(&s);
+    assert_eq!(expect.len(), 101);
+    drop(s);
+    let (s, _) = open_tuned(dir.path(), 1000, tuning);
+    assert_eq!(ops(&s), expect);
+}
+
+#[test]
+fn a_torn_tail_loses_only_the_unacknowledged_journaled_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    jcreate(&mut s, "a", "u", NOW + 100, NOW);
+    jrevoke(&mut s, "x", NOW);
+    ack(&mut s, 1);
+    s.flush().unwrap();
+    let good = s.stats().log_bytes;
+    // Not waited for: the crash comes first.
+    let (_, _unacknowledged) = s.create_journaled(new_session("b", "u", NOW + 100), NOW);
+    drop(s);
+    let path = log_path(dir.path());
+    let full = std::fs::metadata(&path).unwrap().len();
+    assert!(full > good);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(full - 3).unwrap();
+    let (s, report) = open_at(dir.path(), NOW);
+    assert_eq!(report.truncated_bytes, full - 3 - good);
+    assert_eq!(ops(&s), vec![(2, tomb_op("x", NOW + MAX_TTL, None))]);
+    assert_eq!(s.stats().journal_acked_seq, 1);
+    assert_eq!(s.get("b", NOW), Lookup::Missing);
+    assert!(matches!(s.get("a", NOW), Lookup::Live(_)));
+}
+
+#[test]
+fn a_torn_revoke_all_keeps_each_recorded_revocation_with_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "a", "u", NOW + 100, NOW);
+    create(&mut s, "b", "u", NOW + 200, NOW);
+    s.flush().unwrap();
+    let good = s.stats().log_bytes;
+    let (_, _unacknowledged) = s.revoke_user_journaled("u", NOW);
+    drop(s);
+    // Three frames: tomb a (+ entry 1), tomb b (+ entry 2), the revoke-all (entry 3). Cut
+    // inside the last one.
+    let path = log_path(dir.path());
+    let full = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(full - 2).unwrap();
+    let (mut s, report) = open_at(dir.path(), NOW);
+    assert!(report.truncated_bytes > 0);
+    assert!(std::fs::metadata(&path).unwrap().len() > good);
+    assert_eq!(
+        ops(&s),
+        vec![(1, tomb_op("a", NOW + 100, Some("u"))), (2, tomb_op("b", NOW + 200, Some("u")))]
+    );
+    // The client got no answer and retries: the revoke-all itself is journaled again.
+    assert!(jrevoke_user(&mut s, "u", NOW + 1).is_empty());
+    assert_eq!(ops(&s)[2], (3, JournalOp::RevokeUser { user_id: "u".into(), at: NOW + 1 }));
+}
+
+#[test]
+fn a_full_journal_refuses_journaling_writes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = StoreTuning { max_journal: 3, ..StoreTuning::default() };
+    let (mut s, _) = open_tuned(dir.path(), 1000, tuning.clone());
+    create(&mut s, "live", "u", NOW + 100, NOW);
+    jcreate(&mut s, "j1", "u", NOW + 100, NOW);
+    jcreate(&mut s, "j2", "u", NOW + 100, NOW);
+    // Two entries held, one free: a revoke-all of "u" needs four (three tombs and the
+    // revoke-all) and is refused whole.
+    let (ids, d) = s.revoke_user_journaled("u", NOW);
+    let err = rt().block_on(d.wait()).unwrap_err();
+    assert!(err.0.contains("journal is full"), "{err}");
+    assert!(ids.is_empty());
+    assert_eq!(s.list_user("u", NOW).len(), 3);
+    jrevoke(&mut s, "j1", NOW);
+    assert_eq!(s.journal_len(), 3);
+    // Full.
+    let bytes = s.stats().log_bytes;
+    assert_eq!(jcreate(&mut s, "j3", "u", NOW + 100, NOW), CreateOutcome::Full);
+    assert_eq!(s.get("j3", NOW), Lookup::Missing);
+    let (_, d) = s.refresh_journaled("live", Some(999), NOW);
+    assert!(rt().block_on(d.wait()).unwrap_err().0.contains("journal is full"));
+    assert_eq!(live(&s, "live", NOW).expires_at, NOW + 100);
+    let (_, d) = s.revoke_journaled("live", NOW);
+    assert!(rt().block_on(d.wait()).unwrap_err().0.contains("journal is full"));
+    assert!(matches!(s.get("live", NOW), Lookup::Live(_)));
+    let (_, d) = s.revoke_user_journaled("nobody", NOW);
+    assert!(rt().block_on(d.wait()).is_err());
+    s.flush().unwrap();
+    assert_eq!(s.stats().log_bytes, bytes, "a refused write writes nothing");
+    // Answers that change nothing are still given.
+    assert!(!jrevoke(&mut s, "j1", NOW).newly_revoked);
+    assert!(matches!(jcreate(&mut s, "j2", "u", NOW + 100, NOW), CreateOutcome::Existing(_)));
+    // Plain and mirror writes still work.
+    assert!(matches!(create(&mut s, "p", "u", NOW + 100, NOW), CreateOutcome::Created(_)));
+    assert!(revoke(&mut s, "p", NOW).newly_revoked);
+    wait(s.mirror_tomb("m", NOW + 50, NOW));
+    assert_eq!(s.get("m", NOW), Lookup::Revoked);
+    assert_eq!(s.journal_len(), 3);
+    // Once replay catches up, journaling writes are taken again.
+    ack(&mut s, 1);
+    assert!(matches!(jcreate(&mut s, "j3", "u", NOW + 100, NOW), CreateOutcome::Created(_)));
+    // A journal reopened over the bound is kept whole (never dropped), and refuses until
+    // it drains.
+    drop(s);
+    let small = StoreTuning { max_journal: 1, ..tuning };
+    let (mut s, report) = open_tuned(dir.path(), 1000, small);
+    assert_eq!(report.journal_entries, 3);
+    assert_eq!(jcreate(&mut s, "j4", "u", NOW + 100, NOW), CreateOutcome::Full);
+}
+
+// ---- mirror ---------------------------------------------------------------------------------
+
+#[test]
+fn mirror_put_stores_replaces_and_skips_what_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    let m = session_of("m1", "u1", NOW - 50, NOW + 100);
+    wait(s.mirror_put(&m, 150, NOW));
+    assert_eq!(live(&s, "m1", NOW), m);
+    // Refresh without ttl reuses the created length given.
+    let RefreshOutcome::Refreshed(r) = refresh(&mut s, "m1", None, NOW) else { panic!() };
+    assert_eq!(r.expires_at, NOW + 150);
+    // The same again writes nothing (validations mirror every time).
+    wait(s.mirror_put(&r, 150, NOW));
+    s.flush().unwrap();
+    let bytes = s.stats().log_bytes;
+    for _ in 0..10 {
+        wait(s.mirror_put(&r, 150, NOW));
+    }
+    s.flush().unwrap();
+    assert_eq!(s.stats().log_bytes, bytes);
+    // Redis knows better: replaced, even under another user, and capped at max_ttl.
+    let mut other = session_of("m1", "u2", NOW, NOW + 10 * MAX_TTL);
+    other.attributes.clear();
+    wait(s.mirror_put(&other, 10 * MAX_TTL, NOW));
+    let got = live(&s, "m1", NOW);
+    assert_eq!((got.user_id.as_str(), got.expires_at), ("u2", NOW + MAX_TTL));
+    assert!(got.attributes.is_empty());
+    assert!(s.list_user("u1", NOW).is_empty());
+    // Expired: not stored.
+    wait(s.mirror_put(&session_of("old", "u1", NOW - 100, NOW), 100, NOW));
+    assert_eq!(s.get("old", NOW), Lookup::Missing);
+    assert_eq!(s.journal_len(), 0);
+    drop(s);
+    let (s, _) = open_at(dir.path(), NOW);
+    assert_eq!(live(&s, "m1", NOW).user_id, "u2");
+}
+
+#[test]
+fn mirror_put_never_overrides_a_tombstone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    revoke(&mut s, "s1", NOW);
+    wait(s.mirror_put(&session_of("s1", "u1", NOW, NOW + 100), 100, NOW + 1));
+    assert_eq!(s.get("s1", NOW + 1), Lookup::Revoked);
+    wait(s.mirror_tomb("s2", NOW + 10, NOW));
+    wait(s.mirror_put(&session_of("s2", "u1", NOW, NOW + 100), 100, NOW + 1));
+    assert_eq!(s.get("s2", NOW + 1), Lookup::Revoked);
+    // Once the tombstone has expired, it may come back.
+    wait(s.mirror_put(&session_of("s2", "u1", NOW, NOW + 100), 100, NOW + 10));
+    assert!(matches!(s.get("s2", NOW + 10), Lookup::Live(_)));
+}
+
+#[test]
+fn mirror_tomb_removes_and_keeps_the_longer_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "s1", "u1", NOW + 100, NOW);
+    wait(s.mirror_tomb("s1", NOW + 500, NOW));
+    assert_eq!(s.get("s1", NOW + 499), Lookup::Revoked);
+    assert!(s.list_user("u1", NOW).is_empty());
+    assert_eq!(s.stats().users, 0);
+    // A shorter one changes nothing, and writes nothing.
+    s.flush().unwrap();
+    let bytes = s.stats().log_bytes;
+    wait(s.mirror_tomb("s1", NOW + 200, NOW));
+    wait(s.mirror_tomb("gone", NOW - 1, NOW));
+    s.flush().unwrap();
+    assert_eq!(s.stats().log_bytes, bytes);
+    assert_eq!(s.get("s1", NOW + 499), Lookup::Revoked);
+    wait(s.mirror_tomb("s1", NOW + 900, NOW));
+    assert_eq!(s.get("s1", NOW + 899), Lookup::Revoked);
+    // Never refused, never journaled; creates of the id are refused.
+    assert_eq!(create(&mut s, "s1", "u1", NOW + 50, NOW + 1), CreateOutcome::Revoked);
+    assert_eq!(s.journal_len(), 0);
+    drop(s);
+    let (s, _) = open_at(dir.path(), NOW + 1);
+    assert_eq!(s.get("s1", NOW + 899), Lookup::Revoked);
+    assert_eq!(s.get("s1", NOW + 900), Lookup::Missing);
+}
+
+#[test]
+fn mirror_revoke_user_and_mirror_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    create(&mut s, "a", "u1", NOW + 100, NOW);
+    create(&mut s, "b", "u1", NOW + 200, NOW);
+    create(&mut s, "c", "u2", NOW + 100, NOW);
+    wait(s.mirror_expiry("c", NOW + 300, NOW));
+    assert_eq!(live(&s, "c", NOW).expires_at, NOW + 300);
+    wait(s.mirror_expiry("c", NOW + 100 * MAX_TTL, NOW));
+    assert_eq!(live(&s, "c", NOW).expires_at, NOW + MAX_TTL);
+    // Not held, or not live: nothing.
+    wait(s.mirror_expiry("nope", NOW + 300, NOW));
+    assert_eq!(s.get("nope", NOW), Lookup::Missing);
+    wait(s.mirror_revoke_user("u1", NOW));
+    assert_eq!(s.get("a", NOW + 99), Lookup::Revoked);
+    assert_eq!(s.get("b", NOW + 199), Lookup::Revoked);
+    assert!(matches!(s.get("c", NOW), Lookup::Live(_)));
+    wait(s.mirror_expiry("a", NOW + 300, NOW));
+    assert_eq!(s.get("a", NOW + 99), Lookup::Revoked);
+    wait(s.mirror_revoke_user("nobody", NOW));
+    assert_eq!(s.journal_len(), 0);
+    drop(s);
+    let (s, _) = open_at(dir.path(), NOW);
+    assert_eq!(s.get("b", NOW + 199), Lookup::Revoked);
+    assert_eq!(live(&s, "c", NOW).expires_at, NOW + MAX_TTL);
+}
+
+#[test]
+fn the_mirror_stays_within_max_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_tuned(dir.path(), 2, StoreTuning::default());
+    wait(s.mirror_put(&session_of("a", "u", NOW, NOW + 10), 10, NOW));
+    wait(s.mirror_put(&session_of("b", "u", NOW, NOW + 100), 100, NOW));
+    wait(s.mirror_put(&session_of("c", "u", NOW, NOW + 100), 100, NOW));
+    assert_eq!(s.get("c", NOW), Lookup::Missing);
+    assert_eq!(s.stats().mirror_skipped, 1);
+    // A session already held is still updated.
+    wait(s.mirror_put(&session_of("b", "u", NOW, NOW + 200), 200, NOW));
+    assert_eq!(live(&s, "b", NOW).expires_at, NOW + 200);
+    // Revocations go over the limit.
+    wait(s.mirror_tomb("t", NOW + 100, NOW));
+    assert_eq!(s.get("t", NOW), Lookup::Revoked);
+    // Expired entries make room.
+    wait(s.mirror_put(&session_of("c", "u", NOW, NOW + 100), 100, NOW + 10));
+    assert_eq!(s.stats().mirror_skipped, 2);
+    s.sweep(NOW + 100);
+    wait(s.mirror_put(&session_of("c", "u", NOW, NOW + 200), 200, NOW + 100));
+    assert!(matches!(s.get("c", NOW + 100), Lookup::Live(_)));
+}
+
 // ---- model ----------------------------------------------------------------------------------
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { id: u8, user: u8, ttl: i64 },
-    Get { id: u8 },
-    Refresh { id: u8, ttl: Option<i64> },
-    Revoke { id: u8 },
-    ListUser { user: u8 },
-    RevokeUser { user: u8 },
+    Create {
+        id: u8,
+        user: u8,
+        ttl: i64,
+        j: bool,
+    },
+    Get {
+        id: u8,
+    },
+    Refresh {
+        id: u8,
+        ttl: Option<i64>,
+        j: bool,
+    },
+    Revoke {
+        id: u8,
+        j: bool,
+    },
+    ListUser {
+        user: u8,
+    },
+    RevokeUser {
+        user: u8,
+        j: bool,
+    },
     Sweep,
-    Advance { secs: i64 },
+    Advance {
+        secs: i64,
+    },
     Reopen,
     Compact,
+    /// Acknowledge up to the k-th pending entry (past the end: beyond the last seq).
+    Ack {
+        k: u8,
+    },
+    MirrorPut {
+        id: u8,
+        user: u8,
+        ttl: i64,
+    },
+    MirrorTomb {
+        id: u8,
+        ttl: i64,
+    },
+    MirrorRevokeUser {
+        user: u8,
+    },
+    MirrorExpiry {
+        id: u8,
+        ttl: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (0u8..12, 0u8..4, 1i64..200).prop_map(|(id, user, ttl)| Op::Create { id, user, ttl }),
+    let j = any::<bool>();
+    let store_ops = prop_oneof![
+        4 => (0u8..12, 0u8..4, 1i64..200, j)
+            .prop_map(|(id, user, ttl, j)| Op::Create { id, user, ttl, j }),
         2 => (0u8..12).prop_map(|id| Op::Get { id }),
-        2 => (0u8..12, proptest::option::of(0i64..200)).prop_map(|(id, ttl)| Op::Refresh { id, ttl }),
-        2 => (0u8..12).prop_map(|id| Op::Revoke { id }),
+        2 => (0u8..12, proptest::option::of(0i64..200), j)
+            .prop_map(|(id, ttl, j)| Op::Refresh { id, ttl, j }),
+        2 => (0u8..12, j).prop_map(|(id, j)| Op::Revoke { id, j }),
         1 => (0u8..4).prop_map(|user| Op::ListUser { user }),
-        1 => (0u8..4).prop_map(|user| Op::RevokeUser { user }),
+        1 => (0u8..4, j).prop_map(|(user, j)| Op::RevokeUser { user, j }),
         1 => Just(Op::Sweep),
         2 => (0i64..80).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Compact),
-    ]
+    ];
+    let redis_ops = prop_oneof![
+        2 => (0u8..8).prop_map(|k| Op::Ack { k }),
+        2 => (0u8..12, 0u8..4, -10i64..200)
+            .prop_map(|(id, user, ttl)| Op::MirrorPut { id, user, ttl }),
+        1 => (0u8..12, -20i64..200).prop_map(|(id, ttl)| Op::MirrorTomb { id, ttl }),
+        1 => (0u8..4).prop_map(|user| Op::MirrorRevokeUser { user }),
+        1 => (0u8..12, -10i64..200).prop_map(|(id, ttl)| Op::MirrorExpiry { id, ttl }),
+    ];
+    prop_oneof![4 => store_ops, 1 => redis_ops]
 }
 
 const MODEL_MAX_TTL: i64 = 150;
 
-#[derive(Default)]
 struct Model {
     sessions: HashMap<String, (Session, i64)>,
     tombs: HashMap<String, i64>,
+    journal: Vec<JournalEntry>,
+    next_seq: u64,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model { sessions: HashMap::new(), tombs: HashMap::new(), journal: Vec::new(), next_seq: 1 }
+    }
 }
 
 impl Model {
@@ -742,7 +1284,11 @@ impl Model {
     fn revoked(&self, id: &str, now: i64) -> bool {
         self.tombs.get(id).is_some_and(|t| *t > now)
     }
-    fn create(&mut self, n: NewSession, now: i64) -> CreateOutcome {
+    fn journal(&mut self, op: JournalOp) {
+        self.journal.push(JournalEntry { seq: self.next_seq, op });
+        self.next_seq += 1;
+    }
+    fn create(&mut self, n: NewSession, now: i64, j: bool) -> CreateOutcome {
         let id = n.identity.session_id.clone();
         if self.revoked(&id, now) {
             return CreateOutcome::Revoked;
@@ -766,6 +1312,9 @@ impl Model {
         };
         self.tombs.remove(&id);
         self.sessions.insert(id, (s.clone(), n.expires_at - now));
+        if j {
+            self.journal(JournalOp::Put { session: s.clone(), created_len: n.expires_at - now });
+        }
         CreateOutcome::Created(s)
     }
     fn get(&self, id: &str, now: i64) -> Lookup {
@@ -775,29 +1324,84 @@ impl Model {
             None => Lookup::Missing,
         }
     }
-    fn refresh(&mut self, id: &str, ttl: Option<i64>, now: i64) -> RefreshOutcome {
+    fn refresh(&mut self, id: &str, ttl: Option<i64>, now: i64, j: bool) -> RefreshOutcome {
         if self.live(id, now).is_some()
             && let Some((s, len)) = self.sessions.get_mut(id)
         {
             s.expires_at = (now + ttl.unwrap_or(*len)).min(now + MODEL_MAX_TTL);
-            return RefreshOutcome::Refreshed(s.clone());
+            let s = s.clone();
+            if j {
+                let expires_at = s.expires_at;
+                self.journal(JournalOp::Expiry { session_id: id.into(), expires_at });
+            }
+            return RefreshOutcome::Refreshed(s);
         }
         if self.revoked(id, now) { RefreshOutcome::Revoked } else { RefreshOutcome::Missing }
     }
-    fn revoke(&mut self, id: &str, now: i64) -> RevokeOutcome {
-        if let Some(s) = self.live(id, now).cloned() {
+    fn revoke(&mut self, id: &str, now: i64, j: bool) -> RevokeOutcome {
+        let outcome = if let Some(s) = self.live(id, now).cloned() {
             self.sessions.remove(id);
             let t = self.tombs.entry(id.to_string()).or_insert(s.expires_at);
             *t = (*t).max(s.expires_at);
-            return RevokeOutcome { newly_revoked: true, user_id: Some(s.user_id) };
-        }
-        if self.revoked(id, now) {
+            RevokeOutcome { newly_revoked: true, user_id: Some(s.user_id) }
+        } else if self.revoked(id, now) {
             return RevokeOutcome { newly_revoked: false, user_id: None };
+        } else {
+            self.sessions.remove(id);
+            let t = self.tombs.entry(id.to_string()).or_insert(now + MODEL_MAX_TTL);
+            *t = (*t).max(now + MODEL_MAX_TTL);
+            RevokeOutcome { newly_revoked: true, user_id: None }
+        };
+        if j {
+            let until = self.tombs[id];
+            let user_id = outcome.user_id.clone();
+            self.journal(JournalOp::Tomb { session_id: id.into(), until, user_id });
+        }
+        outcome
+    }
+    fn revoke_user(&mut self, user: &str, now: i64, j: bool) -> Vec<String> {
+        let ids: Vec<String> =
+            self.list_user(user, now).into_iter().map(|s| s.session_id).collect();
+        for id in &ids {
+            self.revoke(id, now, j);
+        }
+        if j {
+            self.journal(JournalOp::RevokeUser { user_id: user.into(), at: now });
+        }
+        ids
+    }
+    fn ack(&mut self, k: u8) -> u64 {
+        let up_to = match self.journal.get(usize::from(k)) {
+            Some(e) => e.seq,
+            None => self.next_seq + 3,
+        };
+        self.journal.retain(|e| e.seq > up_to);
+        up_to
+    }
+    fn mirror_put(&mut self, s: Session, created_len: i64, now: i64) {
+        let mut s = s;
+        s.expires_at = s.expires_at.min(now + MODEL_MAX_TTL);
+        if s.expires_at <= now || self.revoked(&s.session_id, now) {
+            return;
+        }
+        self.tombs.remove(&s.session_id);
+        self.sessions.insert(s.session_id.clone(), (s, created_len));
+    }
+    fn mirror_tomb(&mut self, id: &str, until: i64, now: i64) {
+        let earlier = self.tombs.get(id).copied();
+        if !self.sessions.contains_key(id) && (until <= now || earlier.is_some_and(|e| e >= until))
+        {
+            return;
         }
         self.sessions.remove(id);
-        let t = self.tombs.entry(id.to_string()).or_insert(now + MODEL_MAX_TTL);
-        *t = (*t).max(now + MODEL_MAX_TTL);
-        RevokeOutcome { newly_revoked: true, user_id: None }
+        self.tombs.insert(id.into(), until.max(earlier.unwrap_or(until)));
+    }
+    fn mirror_expiry(&mut self, id: &str, expires_at: i64, now: i64) {
+        if self.live(id, now).is_some()
+            && let Some((s, _)) = self.sessions.get_mut(id)
+        {
+            s.expires_at = expires_at.min(now + MODEL_MAX_TTL);
+        }
     }
     fn list_user(&self, user: &str, now: i64) -> Vec<Session> {
         let mut v: Vec<Session> = self
@@ -839,42 +1443,47 @@ proptest! {
         let mut m = Model::default();
         for op in ops {
             match op {
-                Op::Create { id, user, ttl } => {
+                Op::Create { id, user, ttl, j } => {
                     let n = new_session(&format!("s{id}"), &format!("u{user}"), now + ttl);
-                    let (got, d) = s.create(n.clone(), now);
+                    let (got, d) = if j {
+                        s.create_journaled(n.clone(), now)
+                    } else {
+                        s.create(n.clone(), now)
+                    };
                     rt.block_on(d.wait()).unwrap();
-                    prop_assert_eq!(got, m.create(n, now));
+                    prop_assert_eq!(got, m.create(n, now, j));
                 }
                 Op::Get { id } => {
                     let id = format!("s{id}");
                     prop_assert_eq!(s.get(&id, now), m.get(&id, now));
                 }
-                Op::Refresh { id, ttl } => {
+                Op::Refresh { id, ttl, j } => {
                     let id = format!("s{id}");
-                    let (got, d) = s.refresh(&id, ttl, now);
+                    let (got, d) = if j {
+                        s.refresh_journaled(&id, ttl, now)
+                    } else {
+                        s.refresh(&id, ttl, now)
+                    };
                     rt.block_on(d.wait()).unwrap();
-                    prop_assert_eq!(got, m.refresh(&id, ttl, now));
+                    prop_assert_eq!(got, m.refresh(&id, ttl, now, j));
                 }
-                Op::Revoke { id } => {
+                Op::Revoke { id, j } => {
                     let id = format!("s{id}");
-                    let (got, d) = s.revoke(&id, now);
+                    let (got, d) =
+                        if j { s.revoke_journaled(&id, now) } else { s.revoke(&id, now) };
                     rt.block_on(d.wait()).unwrap();
-                    prop_assert_eq!(got, m.revoke(&id, now));
+                    prop_assert_eq!(got, m.revoke(&id, now, j));
                 }
                 Op::ListUser { user } => {
                     let u = format!("u{user}");
                     prop_assert_eq!(s.list_user(&u, now), m.list_user(&u, now));
                 }
-                Op::RevokeUser { user } => {
+                Op::RevokeUser { user, j } => {
                     let u = format!("u{user}");
-                    let expect: Vec<String> =
-                        m.list_user(&u, now).into_iter().map(|s| s.session_id).collect();
-                    for id in &expect {
-                        m.revoke(id, now);
-                    }
-                    let (got, d) = s.revoke_user(&u, now);
+                    let (got, d) =
+                        if j { s.revoke_user_journaled(&u, now) } else { s.revoke_user(&u, now) };
                     rt.block_on(d.wait()).unwrap();
-                    prop_assert_eq!(got, expect);
+                    prop_assert_eq!(got, m.revoke_user(&u, now, j));
                 }
                 Op::Sweep => prop_assert_eq!(s.sweep(now), m.sweep(now)),
                 Op::Advance { secs } => now += secs,
@@ -885,6 +1494,7 @@ proptest! {
                             .unwrap();
                     s = s2;
                     prop_assert_eq!(report.truncated_bytes, 0);
+                    prop_assert_eq!(report.journal_next_seq, m.next_seq);
                     // Loading drops what has expired (the count is of log entries, so it is
                     // not compared).
                     m.sweep(now);
@@ -893,11 +1503,38 @@ proptest! {
                     s.compact(now);
                     s.flush().unwrap();
                 }
+                Op::Ack { k } => {
+                    let up_to = m.ack(k);
+                    rt.block_on(s.ack_journal(up_to).wait()).unwrap();
+                }
+                Op::MirrorPut { id, user, ttl } => {
+                    let (id, user) = (format!("s{id}"), format!("u{user}"));
+                    let sess = session_of(&id, &user, now - 5, now + ttl);
+                    rt.block_on(s.mirror_put(&sess, ttl + 5, now).wait()).unwrap();
+                    m.mirror_put(sess, ttl + 5, now);
+                }
+                Op::MirrorTomb { id, ttl } => {
+                    let id = format!("s{id}");
+                    rt.block_on(s.mirror_tomb(&id, now + ttl, now).wait()).unwrap();
+                    m.mirror_tomb(&id, now + ttl, now);
+                }
+                Op::MirrorRevokeUser { user } => {
+                    let u = format!("u{user}");
+                    rt.block_on(s.mirror_revoke_user(&u, now).wait()).unwrap();
+                    m.revoke_user(&u, now, false);
+                }
+                Op::MirrorExpiry { id, ttl } => {
+                    let id = format!("s{id}");
+                    rt.block_on(s.mirror_expiry(&id, now + ttl, now).wait()).unwrap();
+                    m.mirror_expiry(&id, now + ttl, now);
+                }
             }
             for i in 0..12 {
                 let id = format!("s{i}");
                 prop_assert_eq!(s.get(&id, now), m.get(&id, now));
             }
+            prop_assert_eq!(s.pending_journal(usize::MAX), m.journal.clone());
+            prop_assert_eq!(s.stats().journal_next_seq, m.next_seq);
         }
         drop(s);
         let (s, _) = StoreCore::open_with(model_opts(dir.path()), StoreTuning::default(), now).unwrap();
@@ -909,6 +1546,7 @@ proptest! {
             let u = format!("u{u}");
             prop_assert_eq!(s.list_user(&u, now), m.list_user(&u, now));
         }
+        prop_assert_eq!(s.pending_journal(usize::MAX), m.journal);
     }
 }
 
@@ -953,6 +1591,7 @@ fn write_typical_log(dir: &Path, n: usize, now: UnixSeconds) {
                 expires_at: now + 86_400,
                 created_len: 86_400,
                 attributes: Attrs::Map(&attrs),
+                journal: None,
             }),
         )
         .unwrap();

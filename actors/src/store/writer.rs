@@ -633,7 +633,7 @@ mod tests {
 
     fn frame(id: &str) -> Vec<u8> {
         let mut b = Vec::new();
-        record::encode_frame(&mut b, &Record::Tomb(TombRecord { id, until: 5 })).unwrap();
+        record::encode_frame(&mut b, &Record::Tomb(TombRecord::plain(id, 5))).unwrap();
         b
     }
 

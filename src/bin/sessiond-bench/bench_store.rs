@@ -75,7 +75,10 @@ pub fn run(fsync: &str, writers: usize, writes: usize, dir: Option<PathBuf>) -> 
             tasks.push(actix_rt::spawn(async move {
                 let mut i = w;
                 while i < writes {
-                    match store.send(CreateSession { new: sample_session(i, now) }).await {
+                    match store
+                        .send(CreateSession { new: sample_session(i, now), journal: false })
+                        .await
+                    {
                         Ok(Ok(CreateOutcome::Created(_))) => {}
                         other => return Err(format!("write {i}: {other:?}")),
                     }
