@@ -128,7 +128,7 @@ pub fn from_failure(failure: Failure, surface: Surface) -> ApiError {
         Failure::StoreFull => ApiError::new(
             S::SERVICE_UNAVAILABLE,
             "store_unavailable",
-            "the session store is full (fallback.max_entries)",
+            "the session store is full (fallback.max_entries, or the degraded-mode journal)",
         ),
         Failure::Store(e) => {
             log::error!("store failure: {e}");
@@ -139,6 +139,11 @@ pub fn from_failure(failure: Failure, surface: Surface) -> ApiError {
             )
         }
         Failure::BadRequest(m) => ApiError::bad_request(m),
+        Failure::Unavailable => ApiError::new(
+            S::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the session store cannot answer and degraded.policy is fail_closed",
+        ),
     }
 }
 

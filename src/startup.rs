@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{App, HttpServer, web};
-use sessiond_actors::coordinator::{Coordinator, random_instance_id};
+use sessiond_actors::backend::{Backend, ConfirmCache, DegradedPolicy, ModeFlag, RedisSide};
+use sessiond_actors::breaker::{BreakerSettings, Clock, SharedBreaker, SystemClock};
+use sessiond_actors::coordinator::{Coordinator, CoordinatorRedis, random_instance_id};
 use sessiond_actors::fallback_store::FallbackStore;
 use sessiond_actors::messages::FlushStore;
+use sessiond_actors::redis_store::{RedisSettings, RedisStore};
 use sessiond_actors::session_validator::{Pipeline, SessionValidator, ValidatorSettings};
 use sessiond_actors::store::{StoreCore, StoreOptions};
 use sessiond_actors::token::{self, Verifier};
@@ -21,6 +24,12 @@ use crate::config::Config;
 use crate::request_id::{IdSource, RequestIds};
 use crate::routes::{self, Readiness};
 use crate::{config, dev_keys};
+
+/// Redis connections in the pool (each HTTP worker's requests share them).
+const REDIS_POOL_SIZE: usize = 32;
+/// Bounds of the Redis probe period (it is `breaker.op_timeout_ms` within these).
+const PROBE_MIN: Duration = Duration::from_millis(100);
+const PROBE_MAX: Duration = Duration::from_secs(1);
 
 /// How long in-flight requests get to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -122,24 +131,43 @@ pub fn serve(args: &ServeArgs) -> i32 {
 async fn run(p: Prepared) -> Result<(), StartError> {
     let config = p.config;
     let instance_id = random_instance_id();
-    log::info!("instance {instance_id} starting (embedded store)");
+    log::info!("instance {instance_id} starting");
 
     let store_arbiter = Arbiter::new();
     let core = p.store;
     let reader = core.reader();
     let store =
         FallbackStore::start_in_arbiter(&store_arbiter.handle(), move |_| FallbackStore::new(core));
-    let coordinator = Coordinator::new(instance_id.clone()).start();
+    let (redis, coordinator) = match redis_parts(&config, &store)? {
+        Some((side, coord)) => {
+            log::info!(
+                "Redis mode: {} (key prefix {:?})",
+                config.sessions.redis_url_for_log(),
+                config.sessions.key_prefix
+            );
+            let coordinator = Coordinator::with_redis(instance_id.clone(), coord).start();
+            (Some(side), coordinator)
+        }
+        None => (None, Coordinator::new(instance_id.clone()).start()),
+    };
     let _token_adapter = TokenAdapter::new(Arc::clone(&p.verifier)).start();
 
     let pipeline = Arc::new(Pipeline {
         verifier: p.verifier,
-        store: store.clone(),
-        reader,
+        backend: Backend {
+            store: store.clone(),
+            reader,
+            redis,
+            max_ttl_seconds: config.sessions.max_ttl_seconds,
+        },
         events: coordinator.clone().recipient(),
         settings: ValidatorSettings {
             max_ttl_seconds: config.sessions.max_ttl_seconds,
             refresh_window_seconds: config.tokens.refresh_window_seconds,
+            degraded_policy: match config.degraded.policy {
+                config::DegradedPolicy::JwtOnly => DegradedPolicy::JwtOnly,
+                config::DegradedPolicy::FailClosed => DegradedPolicy::FailClosed,
+            },
         },
     });
     let max_body = config.server.max_body_bytes;
@@ -215,4 +243,50 @@ fn stop_on_signals(handle: actix_web::dev::ServerHandle) -> Result<(), StartErro
         handle.stop(true).await;
     });
     Ok(())
+}
+
+/// The Redis side of the pipeline and of the Coordinator, when `sessions.redis_url` is set.
+fn redis_parts(
+    config: &Config,
+    store: &Addr<FallbackStore>,
+) -> Result<Option<(RedisSide, CoordinatorRedis)>, StartError> {
+    if config.sessions.redis_url.is_empty() {
+        return Ok(None);
+    }
+    let b = &config.breaker;
+    let op_timeout = Duration::from_millis(b.op_timeout_ms);
+    let redis = RedisStore::new(RedisSettings {
+        url: config.sessions.redis_url.clone(),
+        key_prefix: config.sessions.key_prefix.clone(),
+        pool_size: REDIS_POOL_SIZE,
+        connect_timeout: op_timeout,
+        max_ttl_seconds: config.sessions.max_ttl_seconds,
+    })
+    .map_err(|e| StartError(format!("config key sessions.redis_url: {e}")))?;
+    let settings = BreakerSettings {
+        failure_threshold: b.failure_threshold,
+        success_threshold: b.success_threshold,
+        open_for: Duration::from_secs(b.open_seconds),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let (notify, transitions) = tokio::sync::mpsc::unbounded_channel();
+    let breaker = SharedBreaker::new("redis", settings, Arc::clone(&clock), notify.clone());
+    let bus_breaker = SharedBreaker::new("event_bus", settings, clock, notify);
+    let side = RedisSide {
+        redis,
+        breaker,
+        op_timeout,
+        mode: Arc::new(ModeFlag::default()),
+        bus_up: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        confirmed: Arc::new(ConfirmCache::default()),
+    };
+    let coordinator = CoordinatorRedis {
+        side: side.clone(),
+        bus_breaker,
+        transitions,
+        store: store.clone(),
+        probe_interval: op_timeout.clamp(PROBE_MIN, PROBE_MAX),
+        max_ttl_seconds: config.sessions.max_ttl_seconds,
+    };
+    Ok(Some((side, coordinator)))
 }

@@ -1,19 +1,65 @@
 //! The Coordinator actor: gives every auth event its cluster-unique id and fans it out to the
-//! subscribers (the WebSocket gateway, tests, the self-test probe).
+//! subscribers (the WebSocket gateway, tests, the self-test probe); in Redis mode it also
+//! supervises the breakers and the instance mode, drives the health probe and the journal
+//! replay, and carries auth events across instances on the Redis bus.
 //!
-//! Later work adds breaker supervision, the instance mode and the Redis event bus here; the
-//! seam is [`RaiseEvent`] in and [`Deliver`] out.
+//! Mode: degraded from the moment the `redis` breaker opens (or at start, when writes taken
+//! while degraded are still waiting to be replayed) until the breaker has closed *and* the
+//! journal has been replayed into Redis; each change raises `service.degraded` /
+//! `service.recovered` once.
+//!
+//! Bus: every auth event raised here is published on `<prefix>:events` as
+//! `{"origin": <instance id>, "event": <AuthEvent>}`; every instance subscribes, ignores its
+//! own, delivers the others to its subscribers (exactly once per instance, since the raising
+//! instance delivers its own events locally) and applies them to its mirror.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use crate::domain::{AuthEvent, now_millis};
-use crate::messages::{CoordinatorStats, Deliver, GetCoordinatorStats, RaiseEvent, Subscribe};
+use crate::backend::RedisSide;
+use crate::breaker::{BreakerEvent, BreakerState, SharedBreaker};
+use crate::domain::{AuthEvent, EventKind, now_millis, now_seconds};
+use crate::fallback_store::FallbackStore;
+use crate::messages::{
+    AckJournal, CoordinatorStats, Deliver, GetCoordinatorStats, GetStoreStats, MirrorExpiry,
+    MirrorRevokeUser, MirrorTomb, PendingJournal, RaiseEvent, Subscribe,
+};
 
 /// The most subscribers held at once; a further subscription is refused with a warning.
 pub const MAX_SUBSCRIBERS: usize = 1024;
+/// Events raised while the bus could not take them, kept to publish after recovery.
+pub const MAX_UNPUBLISHED: usize = 10_000;
+/// Journal entries replayed per round trip batch.
+pub const REPLAY_BATCH: usize = 1000;
+/// Wait between two attempts to (re)subscribe to the bus.
+pub const BUS_RETRY: Duration = Duration::from_millis(250);
+
+/// What the Coordinator needs in Redis mode.
+pub struct CoordinatorRedis {
+    /// The Redis side shared with the pipeline (store, `redis` breaker, mode, cache).
+    pub side: RedisSide,
+    /// The `event_bus` breaker (the pub/sub subscription).
+    pub bus_breaker: SharedBreaker,
+    /// Transitions of both breakers.
+    pub transitions: tokio::sync::mpsc::UnboundedReceiver<BreakerEvent>,
+    /// The fallback store (mirror and journal).
+    pub store: Addr<FallbackStore>,
+    /// How often Redis is probed (PING through the breaker).
+    pub probe_interval: Duration,
+    /// `sessions.max_ttl_seconds`, for tombstones learned from the bus.
+    pub max_ttl_seconds: i64,
+}
+
+struct RedisState {
+    cfg: CoordinatorRedis,
+    replaying: bool,
+    unpublished: VecDeque<Vec<u8>>,
+}
 
 /// The Coordinator actor.
 pub struct Coordinator {
@@ -21,12 +67,46 @@ pub struct Coordinator {
     next_seq: u64,
     subscribers: Vec<Recipient<Deliver>>,
     raised: BTreeMap<String, u64>,
+    relayed: u64,
+    redis: Option<RedisState>,
 }
 
+/// The bus's wire format.
+#[derive(Serialize, Deserialize)]
+struct BusEnvelope {
+    origin: String,
+    event: AuthEvent,
+}
+
+/// A breaker changed state (from the breakers' notifier).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BreakerChanged(BreakerEvent);
+
+/// A message arrived on the bus.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BusMessage(Vec<u8>);
+
 impl Coordinator {
-    /// A coordinator for the instance with this id (the prefix of every event id it raises).
+    /// A coordinator for the instance with this id (the prefix of every event id it raises),
+    /// embedded mode.
     pub fn new(instance_id: String) -> Self {
-        Coordinator { instance_id, next_seq: 0, subscribers: Vec::new(), raised: BTreeMap::new() }
+        Coordinator {
+            instance_id,
+            next_seq: 0,
+            subscribers: Vec::new(),
+            raised: BTreeMap::new(),
+            relayed: 0,
+            redis: None,
+        }
+    }
+
+    /// A coordinator in Redis mode.
+    pub fn with_redis(instance_id: String, redis: CoordinatorRedis) -> Self {
+        let mut c = Coordinator::new(instance_id);
+        c.redis = Some(RedisState { cfg: redis, replaying: false, unpublished: VecDeque::new() });
+        c
     }
 
     fn fan_out(&mut self, event: Arc<AuthEvent>) {
@@ -38,6 +118,300 @@ impl Coordinator {
             }
             Err(SendError::Closed(_)) => false,
         });
+    }
+
+    fn raise(&mut self, msg: RaiseEvent, ctx: &mut Context<Self>) {
+        self.next_seq += 1;
+        let event = AuthEvent {
+            id: format!("{}-{}", self.instance_id, self.next_seq),
+            event: msg.event,
+            session_id: msg.session_id,
+            user_id: msg.user_id,
+            at_ms: now_millis(),
+            data: msg.data,
+        };
+        *self.raised.entry(msg.event.as_str().to_owned()).or_insert(0) += 1;
+        log::debug!("event {} {}", event.id, event.event.as_str());
+        let event = Arc::new(event);
+        if crosses_instances(event.event) {
+            self.publish(&event, ctx);
+        }
+        self.fan_out(event);
+    }
+
+    fn publish(&mut self, event: &AuthEvent, ctx: &mut Context<Self>) {
+        let Some(r) = self.redis.as_mut() else { return };
+        let envelope = BusEnvelope { origin: self.instance_id.clone(), event: event.clone() };
+        let payload = match serde_json::to_vec(&envelope) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("event {} cannot be encoded: {e}", event.id);
+                return;
+            }
+        };
+        if r.cfg.side.mode.is_degraded() {
+            queue_unpublished(&mut r.unpublished, payload);
+            return;
+        }
+        let side = r.cfg.side.clone();
+        let fut = async move {
+            let redis = side.redis.clone();
+            let p = payload.clone();
+            match side.breaker.call(side.op_timeout, async move { redis.publish(&p).await }).await {
+                Ok(()) => None,
+                Err(_) => Some(payload),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(|failed, act, _| {
+            if let (Some(payload), Some(r)) = (failed, act.redis.as_mut()) {
+                queue_unpublished(&mut r.unpublished, payload);
+            }
+        }));
+    }
+
+    fn set_mode(&mut self, degraded: bool, why: &str, ctx: &mut Context<Self>) {
+        let Some(r) = self.redis.as_ref() else { return };
+        if !r.cfg.side.mode.set_degraded(degraded) {
+            return;
+        }
+        let (kind, level) = if degraded {
+            (EventKind::ServiceDegraded, log::Level::Warn)
+        } else {
+            (EventKind::ServiceRecovered, log::Level::Info)
+        };
+        log::log!(level, "mode {}: {why}", if degraded { "degraded" } else { "normal" });
+        self.raise(
+            RaiseEvent {
+                event: kind,
+                session_id: None,
+                user_id: None,
+                data: serde_json::json!({ "reason": why }),
+            },
+            ctx,
+        );
+        if !degraded {
+            self.flush_unpublished(ctx);
+        }
+    }
+
+    fn flush_unpublished(&mut self, ctx: &mut Context<Self>) {
+        let Some(r) = self.redis.as_mut() else { return };
+        if r.unpublished.is_empty() {
+            return;
+        }
+        let queued: Vec<Vec<u8>> = r.unpublished.drain(..).collect();
+        let side = r.cfg.side.clone();
+        ctx.spawn(
+            async move {
+                let mut failed = Vec::new();
+                for payload in queued {
+                    let redis = side.redis.clone();
+                    let p = payload.clone();
+                    let sent = side
+                        .breaker
+                        .call(side.op_timeout, async move { redis.publish(&p).await })
+                        .await;
+                    if sent.is_err() {
+                        failed.push(payload);
+                    }
+                }
+                failed
+            }
+            .into_actor(self)
+            .map(|failed, act, _| {
+                if let Some(r) = act.redis.as_mut() {
+                    for p in failed {
+                        queue_unpublished(&mut r.unpublished, p);
+                    }
+                }
+            }),
+        );
+    }
+
+    /// The periodic probe: PING through the breaker, then replay when there is something to
+    /// replay and Redis is reachable.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let Some(r) = self.redis.as_ref() else { return };
+        let side = r.cfg.side.clone();
+        let store = r.cfg.store.clone();
+        let replaying = r.replaying;
+        let fut = async move {
+            let redis = side.redis.clone();
+            let pinged =
+                side.breaker.call(side.op_timeout, async move { redis.ping().await }).await.is_ok();
+            let pending = match store.send(GetStoreStats).await {
+                Ok(stats) => stats.journal_len,
+                Err(_) => 0,
+            };
+            (pinged, pending)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(pinged, pending), act, ctx| {
+            let Some(r) = act.redis.as_ref() else { return };
+            let degraded = r.cfg.side.mode.is_degraded();
+            let closed = r.cfg.side.breaker.state() == BreakerState::Closed;
+            if pinged && closed && !replaying && (degraded || pending > 0) {
+                act.replay(ctx);
+            }
+        }));
+    }
+
+    fn replay(&mut self, ctx: &mut Context<Self>) {
+        let Some(r) = self.redis.as_mut() else { return };
+        r.replaying = true;
+        let side = r.cfg.side.clone();
+        let store = r.cfg.store.clone();
+        let fut = async move {
+            let started = std::time::Instant::now();
+            let mut replayed = 0usize;
+            loop {
+                let batch = store
+                    .send(PendingJournal { max: REPLAY_BATCH })
+                    .await
+                    .map_err(|e| format!("fallback store unreachable: {e}"))?;
+                let Some(last) = batch.last().map(|e| e.seq) else { break };
+                let redis = side.redis.clone();
+                let now = now_seconds();
+                let n = batch.len();
+                side.breaker
+                    .call(side.op_timeout * 8, async move { redis.replay(&batch, now).await })
+                    .await
+                    .map_err(|e| format!("replay into Redis failed: {e}"))?;
+                store
+                    .send(AckJournal { up_to: last })
+                    .await
+                    .map_err(|e| format!("fallback store unreachable: {e}"))?
+                    .map_err(|e| format!("journal ack failed: {e}"))?;
+                replayed += n;
+            }
+            Ok::<_, String>((replayed, started.elapsed()))
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            if let Some(r) = act.redis.as_mut() {
+                r.replaying = false;
+            }
+            match result {
+                Ok((n, took)) => {
+                    if n > 0 {
+                        log::info!(
+                            "replayed {n} journaled writes into Redis in {} ms",
+                            took.as_millis()
+                        );
+                    }
+                    let closed = act
+                        .redis
+                        .as_ref()
+                        .is_some_and(|r| r.cfg.side.breaker.state() == BreakerState::Closed);
+                    if closed {
+                        act.set_mode(
+                            false,
+                            "Redis answers and every journaled write is replayed",
+                            ctx,
+                        );
+                    }
+                }
+                Err(e) => log::warn!("{e}; will retry"),
+            }
+        }));
+    }
+
+    fn on_bus_message(&mut self, payload: &[u8]) {
+        let envelope: BusEnvelope = match serde_json::from_slice(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("ignoring an undecodable bus message: {e}");
+                return;
+            }
+        };
+        if envelope.origin == self.instance_id || !crosses_instances(envelope.event.event) {
+            return;
+        }
+        let event = envelope.event;
+        if let Some(r) = self.redis.as_ref() {
+            apply_to_mirror(&r.cfg, &event);
+        }
+        self.relayed += 1;
+        self.fan_out(Arc::new(event));
+    }
+}
+
+fn queue_unpublished(queue: &mut VecDeque<Vec<u8>>, payload: Vec<u8>) {
+    if queue.len() >= MAX_UNPUBLISHED {
+        queue.pop_front();
+        log::warn!("{MAX_UNPUBLISHED} events wait for the bus; the oldest is dropped");
+    }
+    queue.push_back(payload);
+}
+
+/// Auth events cross instances; `service.*` and `session.expiring` are per instance.
+fn crosses_instances(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::SessionRevoked | EventKind::SessionRefreshed | EventKind::UserSessionsRevoked
+    )
+}
+
+fn apply_to_mirror(cfg: &CoordinatorRedis, event: &AuthEvent) {
+    let side = &cfg.side;
+    match event.event {
+        EventKind::SessionRevoked => {
+            if let Some(sid) = &event.session_id {
+                side.confirmed.forget(sid);
+                cfg.store.do_send(MirrorTomb {
+                    session_id: sid.clone(),
+                    until: now_seconds().saturating_add(cfg.max_ttl_seconds),
+                });
+            }
+        }
+        EventKind::SessionRefreshed => {
+            if let (Some(sid), Some(exp)) = (&event.session_id, event.data["expires_at"].as_i64()) {
+                side.confirmed.forget(sid);
+                cfg.store.do_send(MirrorExpiry { session_id: sid.clone(), expires_at: exp });
+            }
+        }
+        EventKind::UserSessionsRevoked => {
+            if let Some(uid) = &event.user_id {
+                side.confirmed.clear();
+                cfg.store.do_send(MirrorRevokeUser { user_id: uid.clone() });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Keeps a subscription to the bus, reconnecting through the `event_bus` breaker.
+async fn run_bus(addr: Addr<Coordinator>, side: RedisSide, bus_breaker: SharedBreaker) {
+    loop {
+        if !addr.connected() {
+            return;
+        }
+        let Some(permit) = bus_breaker.try_acquire() else {
+            tokio::time::sleep(BUS_RETRY).await;
+            continue;
+        };
+        match tokio::time::timeout(side.op_timeout * 4, side.redis.subscribe()).await {
+            Ok(Ok(mut stream)) => {
+                permit.success();
+                // Events may have been missed while the bus was down: no cached confirmation
+                // may outlive that.
+                side.confirmed.clear();
+                side.bus_up.store(true, Ordering::Release);
+                log::info!("event bus subscribed");
+                while let Some(msg) = stream.next().await {
+                    addr.do_send(BusMessage(msg));
+                }
+                side.bus_up.store(false, Ordering::Release);
+                log::warn!("event bus subscription lost; reconnecting");
+                if let Some(p) = bus_breaker.try_acquire() {
+                    p.failure();
+                }
+            }
+            Ok(Err(e)) => {
+                log::debug!("event bus subscribe failed: {e}");
+                permit.failure();
+            }
+            Err(_) => permit.failure(),
+        }
+        tokio::time::sleep(BUS_RETRY).await;
     }
 }
 
@@ -54,24 +428,71 @@ pub fn random_instance_id() -> String {
 
 impl Actor for Coordinator {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(r) = self.redis.as_mut() else { return };
+        // Breaker transitions arrive on a channel; forward them as messages.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut transitions = std::mem::replace(&mut r.cfg.transitions, rx);
+        drop(tx);
+        let addr = ctx.address();
+        actix::spawn(async move {
+            while let Some(ev) = transitions.recv().await {
+                addr.do_send(BreakerChanged(ev));
+            }
+        });
+        actix::spawn(run_bus(ctx.address(), r.cfg.side.clone(), r.cfg.bus_breaker.clone()));
+        let interval = r.cfg.probe_interval;
+        ctx.run_interval(interval, |act, ctx| act.tick(ctx));
+        // Writes journaled before a crash are replayed as soon as Redis answers.
+        let store = r.cfg.store.clone();
+        ctx.spawn(
+            async move { store.send(GetStoreStats).await.map(|s| s.journal_len).unwrap_or(0) }
+                .into_actor(self)
+                .map(|pending, act, ctx| {
+                    if pending > 0 {
+                        act.set_mode(
+                            true,
+                            "journaled writes from an earlier run wait for replay",
+                            ctx,
+                        );
+                    }
+                    act.tick(ctx);
+                }),
+        );
+    }
+}
+
+impl Handler<BreakerChanged> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: BreakerChanged, ctx: &mut Context<Self>) {
+        let ev = msg.0;
+        if ev.name != "redis" {
+            return;
+        }
+        match ev.transition.to {
+            BreakerState::Open => self.set_mode(true, "the redis breaker opened", ctx),
+            // Recovery is announced once the journal is replayed (see `replay`).
+            BreakerState::Closed => self.tick(ctx),
+            BreakerState::HalfOpen => {}
+        }
+    }
+}
+
+impl Handler<BusMessage> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: BusMessage, _ctx: &mut Context<Self>) {
+        self.on_bus_message(&msg.0);
+    }
 }
 
 impl Handler<RaiseEvent> for Coordinator {
     type Result = ();
 
-    fn handle(&mut self, msg: RaiseEvent, _ctx: &mut Context<Self>) {
-        self.next_seq += 1;
-        let event = AuthEvent {
-            id: format!("{}-{}", self.instance_id, self.next_seq),
-            event: msg.event,
-            session_id: msg.session_id,
-            user_id: msg.user_id,
-            at_ms: now_millis(),
-            data: msg.data,
-        };
-        *self.raised.entry(msg.event.as_str().to_owned()).or_insert(0) += 1;
-        log::debug!("event {} {}", event.id, event.event.as_str());
-        self.fan_out(Arc::new(event));
+    fn handle(&mut self, msg: RaiseEvent, ctx: &mut Context<Self>) {
+        self.raise(msg, ctx);
     }
 }
 
@@ -102,7 +523,6 @@ impl Handler<GetCoordinatorStats> for Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::EventKind;
 
     struct Probe(tokio::sync::mpsc::UnboundedSender<Arc<AuthEvent>>);
     impl Actor for Probe {

@@ -7,10 +7,13 @@
 //! The actors themselves live in [`token_adapter`], [`fallback_store`], [`session_validator`]
 //! and [`coordinator`]; their messages in [`messages`].
 
+pub mod backend;
+pub mod breaker;
 pub mod coordinator;
 pub mod domain;
 pub mod fallback_store;
 pub mod messages;
+pub mod redis_store;
 pub mod session_validator;
 pub mod store;
 pub mod token;

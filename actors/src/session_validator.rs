@@ -2,8 +2,8 @@
 //! token → identity → session → the contract's answer.
 //!
 //! One instance runs on each HTTP worker's arbiter, so a request reaches it without crossing
-//! threads; tokens are verified inline with the shared [`Verifier`] snapshot, and the only hop
-//! that crosses threads is the one to the store.
+//! threads; tokens are verified inline with the shared [`Verifier`] snapshot, lookups read the
+//! fallback store inline (or ask Redis), and writes go through [`Backend`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,13 +11,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::backend::Backend;
+pub use crate::backend::DegradedPolicy;
 use crate::domain::{EventKind, Identity, NewSession, Session, UnixSeconds, now_seconds};
-use crate::fallback_store::FallbackStore;
 use crate::messages::{
-    CreateFromToken, CreateSession, FetchSession, ListForUser, RaiseEvent, RefreshById,
-    RefreshSession, RevokeById, RevokeForUser, RevokeSession, RevokeUserSessions, Validate,
+    CreateFromToken, FetchSession, ListForUser, RaiseEvent, RefreshById, RevokeById, RevokeForUser,
+    Validate,
 };
-use crate::store::{CreateOutcome, Lookup, RefreshOutcome, StoreError, StoreReader};
+use crate::store::{CreateOutcome, Lookup, RefreshOutcome, StoreError};
 use crate::token::{TokenError, Verifier};
 
 /// The most attributes a session may carry.
@@ -36,6 +37,8 @@ pub struct ValidatorSettings {
     pub max_ttl_seconds: i64,
     /// `tokens.refresh_window_seconds`.
     pub refresh_window_seconds: i64,
+    /// `degraded.policy`.
+    pub degraded_policy: DegradedPolicy,
 }
 
 /// Which path answered a validation.
@@ -99,16 +102,16 @@ pub enum Failure {
     Store(StoreError),
     /// A parameter is out of its bounds.
     BadRequest(String),
+    /// Degraded, the session is unknown here, and `degraded.policy = "fail_closed"`.
+    Unavailable,
 }
 
 /// What every SessionValidator instance shares.
 pub struct Pipeline {
     /// The key ring snapshot, used inline.
     pub verifier: Arc<Verifier>,
-    /// The embedded store: writes go to the actor.
-    pub store: Addr<FallbackStore>,
-    /// The embedded store's read view: lookups are answered inline, without an actor hop.
-    pub reader: StoreReader,
+    /// Where reads and writes go (embedded store, or Redis with the fallback store).
+    pub backend: Backend,
     /// Where auth events go.
     pub events: Recipient<RaiseEvent>,
     /// Settings from the configuration.
@@ -129,10 +132,6 @@ impl SessionValidator {
 
 impl Actor for SessionValidator {
     type Context = Context<Self>;
-}
-
-fn mailbox_gone<T>(_: MailboxError) -> Result<T, Failure> {
-    Err(Failure::Store(StoreError("the session store is not answering".into())))
 }
 
 fn check_id(kind: &str, id: &str) -> Result<(), Failure> {
@@ -202,21 +201,23 @@ impl Pipeline {
     pub async fn validate(&self, token: &str) -> Result<Validation, Failure> {
         let now = now_seconds();
         let identity = self.verify(token, now)?;
-        let session = match self.reader.get(&identity.session_id, now) {
-            Lookup::Live(s) if s.user_id == identity.user_id => s,
+        let answer = self.backend.lookup(&identity.session_id, now).await;
+        let mode = if answer.degraded { Mode::Degraded } else { Mode::Normal };
+        let session = match answer.value {
+            Lookup::Live(s) if s.user_id == identity.user_id => Some(s),
             // A token naming another user's session id gets nothing from it.
-            Lookup::Live(_) | Lookup::Missing => return Err(Failure::SessionNotFound),
+            Lookup::Live(_) => return Err(Failure::SessionNotFound),
             Lookup::Revoked => return Err(Failure::SessionRevoked),
+            Lookup::Missing if !answer.degraded => return Err(Failure::SessionNotFound),
+            // Degraded, and this instance does not know the session: the policy decides.
+            Lookup::Missing => match self.settings.degraded_policy {
+                DegradedPolicy::JwtOnly => None,
+                DegradedPolicy::FailClosed => return Err(Failure::Unavailable),
+            },
         };
         let refresh_recommended =
             identity.expires_at.saturating_sub(now) <= self.settings.refresh_window_seconds;
-        Ok(Validation {
-            valid: true,
-            mode: Mode::Normal,
-            identity,
-            session: Some(session),
-            refresh_recommended,
-        })
+        Ok(Validation { valid: true, mode, identity, session, refresh_recommended })
     }
 
     async fn create(&self, msg: CreateFromToken) -> Result<Created, Failure> {
@@ -227,22 +228,18 @@ impl Pipeline {
         let expires_at =
             create_expiry(&identity, msg.ttl_seconds, now, self.settings.max_ttl_seconds);
         let new = NewSession { identity, expires_at, attributes: msg.attributes };
-        match self.store.send(CreateSession { new }).await {
-            Err(e) => mailbox_gone(e),
-            Ok(Err(e)) => Err(Failure::Store(e)),
-            Ok(Ok(outcome)) => match outcome {
-                CreateOutcome::Created(session) => Ok(Created { session, created: true }),
-                CreateOutcome::Existing(session) => Ok(Created { session, created: false }),
-                CreateOutcome::Revoked => Err(Failure::SessionRevoked),
-                CreateOutcome::Conflict => Err(Failure::SessionConflict),
-                CreateOutcome::Full => Err(Failure::StoreFull),
-            },
+        match self.backend.create(new, now).await.map_err(Failure::Store)?.value {
+            CreateOutcome::Created(session) => Ok(Created { session, created: true }),
+            CreateOutcome::Existing(session) => Ok(Created { session, created: false }),
+            CreateOutcome::Revoked => Err(Failure::SessionRevoked),
+            CreateOutcome::Conflict => Err(Failure::SessionConflict),
+            CreateOutcome::Full => Err(Failure::StoreFull),
         }
     }
 
     async fn fetch(&self, session_id: String) -> Result<Session, Failure> {
         check_id("session id", &session_id)?;
-        match self.reader.get(&session_id, now_seconds()) {
+        match self.backend.get(&session_id, now_seconds()).await {
             Lookup::Live(s) => Ok(s),
             Lookup::Missing | Lookup::Revoked => Err(Failure::SessionNotFound),
         }
@@ -255,10 +252,15 @@ impl Pipeline {
     ) -> Result<Session, Failure> {
         check_id("session id", &session_id)?;
         check_ttl(ttl_seconds)?;
-        match self.store.send(RefreshSession { session_id, ttl_seconds }).await {
-            Err(e) => mailbox_gone(e),
-            Ok(Err(e)) => Err(Failure::Store(e)),
-            Ok(Ok(RefreshOutcome::Refreshed(s))) => {
+        let now = now_seconds();
+        match self
+            .backend
+            .refresh(&session_id, ttl_seconds, now)
+            .await
+            .map_err(Failure::Store)?
+            .value
+        {
+            RefreshOutcome::Refreshed(s) => {
                 self.raise(
                     EventKind::SessionRefreshed,
                     Some(s.session_id.clone()),
@@ -267,50 +269,42 @@ impl Pipeline {
                 );
                 Ok(s)
             }
-            Ok(Ok(RefreshOutcome::Revoked)) => Err(Failure::SessionRevoked),
-            Ok(Ok(RefreshOutcome::Missing)) => Err(Failure::SessionNotFound),
+            RefreshOutcome::Revoked => Err(Failure::SessionRevoked),
+            RefreshOutcome::Missing => Err(Failure::SessionNotFound),
         }
     }
 
     async fn revoke(&self, session_id: String) -> Result<(), Failure> {
         check_id("session id", &session_id)?;
-        match self.store.send(RevokeSession { session_id: session_id.clone() }).await {
-            Err(e) => mailbox_gone(e),
-            Ok(Err(e)) => Err(Failure::Store(e)),
-            Ok(Ok(outcome)) => {
-                if outcome.newly_revoked {
-                    self.raise(
-                        EventKind::SessionRevoked,
-                        Some(session_id),
-                        outcome.user_id,
-                        serde_json::json!({}),
-                    );
-                }
-                Ok(())
-            }
+        let outcome =
+            self.backend.revoke(&session_id, now_seconds()).await.map_err(Failure::Store)?.value;
+        if outcome.newly_revoked {
+            self.raise(
+                EventKind::SessionRevoked,
+                Some(session_id),
+                outcome.user_id,
+                serde_json::json!({}),
+            );
         }
+        Ok(())
     }
 
     async fn list(&self, user_id: String) -> Result<Vec<Session>, Failure> {
         check_id("user id", &user_id)?;
-        Ok(self.reader.list_user(&user_id, now_seconds()))
+        Ok(self.backend.list_user(&user_id, now_seconds()).await)
     }
 
     async fn revoke_user(&self, user_id: String) -> Result<usize, Failure> {
         check_id("user id", &user_id)?;
-        match self.store.send(RevokeUserSessions { user_id: user_id.clone() }).await {
-            Err(e) => mailbox_gone(e),
-            Ok(Err(e)) => Err(Failure::Store(e)),
-            Ok(Ok(ids)) => {
-                self.raise(
-                    EventKind::UserSessionsRevoked,
-                    None,
-                    Some(user_id),
-                    serde_json::json!({ "revoked": ids.len() }),
-                );
-                Ok(ids.len())
-            }
-        }
+        let ids =
+            self.backend.revoke_user(&user_id, now_seconds()).await.map_err(Failure::Store)?.value;
+        self.raise(
+            EventKind::UserSessionsRevoked,
+            None,
+            Some(user_id),
+            serde_json::json!({ "revoked": ids.len() }),
+        );
+        Ok(ids.len())
     }
 }
 
@@ -340,6 +334,7 @@ mod tests {
     use super::*;
     use crate::coordinator::Coordinator;
     use crate::domain::AuthEvent;
+    use crate::fallback_store::FallbackStore;
     use crate::messages::{Deliver, Subscribe};
     use crate::store::{FsyncMode, StoreCore, StoreOptions};
     use crate::token::{Algorithm, TokenSettings, sign_hmac};
@@ -395,10 +390,13 @@ mod tests {
         .unwrap();
         let pipeline = Arc::new(Pipeline {
             verifier: Arc::new(verifier),
-            store,
-            reader,
+            backend: Backend { store, reader, redis: None, max_ttl_seconds: 3600 },
             events: coordinator.recipient(),
-            settings: ValidatorSettings { max_ttl_seconds: 3600, refresh_window_seconds: 300 },
+            settings: ValidatorSettings {
+                max_ttl_seconds: 3600,
+                refresh_window_seconds: 300,
+                degraded_policy: DegradedPolicy::JwtOnly,
+            },
         });
         Rig { validator: SessionValidator::new(pipeline).start(), events, _dir: dir }
     }

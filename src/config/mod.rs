@@ -34,8 +34,8 @@ use sessiond_actors::token::Algorithm;
 pub use algorithm::{algorithm_from_name, is_hmac_name};
 pub use errors::ConfigError;
 pub use model::{
-    ApiConfig, BreakerConfig, DegradedConfig, FallbackConfig, FsyncPolicy, ServerConfig,
-    SessionsConfig, TokensConfig, WsConfig,
+    ApiConfig, BreakerConfig, DegradedConfig, DegradedPolicy, FallbackConfig, FsyncPolicy,
+    ServerConfig, SessionsConfig, TokensConfig, WsConfig,
 };
 
 use algorithm::algorithm_error;
