@@ -38,6 +38,8 @@ pub const MAX_UNPUBLISHED: usize = 10_000;
 pub const REPLAY_BATCH: usize = 1000;
 /// Wait between two attempts to (re)subscribe to the bus.
 pub const BUS_RETRY: Duration = Duration::from_millis(250);
+/// How often the bus subscription's connection is pinged.
+pub const BUS_PROBE: Duration = Duration::from_secs(1);
 
 /// What the Coordinator needs in Redis mode.
 pub struct CoordinatorRedis {
@@ -396,8 +398,24 @@ async fn run_bus(addr: Addr<Coordinator>, side: RedisSide, bus_breaker: SharedBr
                 side.confirmed.clear();
                 side.bus_up.store(true, Ordering::Release);
                 log::info!("event bus subscribed");
-                while let Some(msg) = stream.next().await {
-                    addr.do_send(BusMessage(msg));
+                let mut probe = stream.probe();
+                let mut tick = tokio::time::interval(BUS_PROBE);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => addr.do_send(BusMessage(msg)),
+                            None => break,
+                        },
+                        // A hung server (SIGSTOP) closes nothing and sends nothing: only a PING
+                        // on the subscription notices.
+                        _ = tick.tick() => {
+                            if let Err(e) = probe.ping().await {
+                                log::debug!("event bus probe: {e}");
+                                break;
+                            }
+                        }
+                    }
                 }
                 side.bus_up.store(false, Ordering::Release);
                 log::warn!("event bus subscription lost; reconnecting");

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# POST /api/v1/sessions/validate on the embedded store against a trivial actix-web JSON echo
-# route, both under `wrk -t2 -c64` on this machine, alternating, ROUNDS times.
-# Usage: tests/bench/validate-vs-baseline.sh [DURATION_SECONDS] [ROUNDS]
+# POST /api/v1/sessions/validate against a trivial actix-web JSON echo route, both under
+# `wrk -t2 -c64` on this machine, alternating, ROUNDS times. With MODE=redis the daemon uses a
+# redis-server of its own on a free port (started here), else its embedded store.
+# Usage: [MODE=redis] tests/bench/validate-vs-baseline.sh [DURATION_SECONDS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration=${1:-10}
 rounds=${2:-3}
+mode=${MODE:-embedded}
 command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
 cargo build --release --bins -q
 work=$(mktemp -d)
@@ -16,8 +18,15 @@ wait_line() { # file pattern
   echo "timed out waiting for $2 in $1" >&2; return 1
 }
 
-(cd "$work" && SESSIOND_SERVER__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-   exec "$OLDPWD/target/release/sessiond" serve --dev >"$work/daemon.out" 2>"$work/daemon.err") &
+redis_env=()
+if [ "$mode" = redis ]; then
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  redis_env=(SESSIOND_SESSIONS__REDIS_URL="redis://127.0.0.1:$port" SESSIOND_SESSIONS__KEY_PREFIX="bench$$")
+fi
+(cd "$work" && exec env "${redis_env[@]}" SESSIOND_SERVER__LISTEN=127.0.0.1:0 RUST_LOG=warn \
+   "$OLDPWD/target/release/sessiond" serve --dev >"$work/daemon.out" 2>"$work/daemon.err") &
 wait_line "$work/daemon.out" "listening on"
 daemon=$(grep -o 'http://[0-9.:]*' "$work/daemon.out" | head -1)
 target/release/sessiond-bench baseline --listen 127.0.0.1:0 >"$work/baseline.out" 2>&1 &
@@ -26,6 +35,7 @@ baseline=$(grep -o 'http://[0-9.:]*' "$work/baseline.out" | head -1)
 target/release/sessiond-bench prepare --url "$daemon" --secret-file "$work/data/dev-hmac-secret" \
   --api-key-file "$work/data/dev-api-key" --sessions 1000 --out "$work/bench" >/dev/null
 
+echo "mode: $mode"
 echo "| round | target | requests/s | p50 µs | p90 µs | p99 µs | p99.9 µs | non-2xx |"
 echo "|---|---|---|---|---|---|---|---|"
 for r in $(seq 1 "$rounds"); do
