@@ -194,7 +194,7 @@ public_keys = [{kid = "k1", alg = "RS256", pem_file = "/k.pem"}, {alg = "RS256",
 issuer = "https://issuer"
 audience = "aud"
 [sessions]
-redis_url = "rediss://:pw@redis:6380/0"
+redis_url = "redis://:pw@redis:6380/0"
 [fallback]
 fsync = "always"
 max_entries = 10
@@ -427,6 +427,7 @@ fn every_validation_error_names_its_key() {
         ("[sessions]\nkey_prefix = \"\"", "sessions.key_prefix"),
         ("[sessions]\nkey_prefix = \"a b\"", "sessions.key_prefix"),
         ("[sessions]\nredis_url = \"http://x\"", "sessions.redis_url"),
+        ("[sessions]\nredis_url = \"rediss://x:6380\"", "sessions.redis_url"),
         ("[fallback]\nfsync_interval_ms = 0", "fallback.fsync_interval_ms"),
         ("[fallback]\nmax_entries = 0", "fallback.max_entries"),
         ("[fallback]\ndata_dir = \"\"", "fallback.data_dir"),

@@ -111,14 +111,18 @@ impl Config {
 
         // [sessions]
         let se = &self.sessions;
-        if !se.redis_url.is_empty()
-            && !["redis://", "rediss://", "unix://"].iter().any(|p| se.redis_url.starts_with(p))
-        {
-            // The URL itself is not shown: it may hold a password.
+        if se.redis_url.starts_with("rediss://") {
             return Err(err(
                 "sessions.redis_url",
-                "must be empty or start with redis://, rediss:// or unix://",
+                "rediss:// (TLS) is not supported by this build; use redis:// or unix://, or a \
+                 local TLS terminator",
             ));
+        }
+        if !se.redis_url.is_empty()
+            && !["redis://", "unix://"].iter().any(|p| se.redis_url.starts_with(p))
+        {
+            // The URL itself is not shown: it may hold a password.
+            return Err(err("sessions.redis_url", "must be empty or start with redis:// or unix://"));
         }
         if se.key_prefix.is_empty() || has_whitespace(&se.key_prefix) {
             return Err(err("sessions.key_prefix", "must be non-empty and contain no whitespace"));
