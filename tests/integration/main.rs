@@ -3,18 +3,23 @@
 //! expectations come from `CONTRACT.md` (sections 1, 2, 3, 6's durability paragraph and 7).
 //!
 //! One test binary made of modules (ripgrep style); `harness` spawns the daemon, `tokens`
-//! makes tokens; the other modules are the tests.
+//! makes tokens, `redis_server` spawns real `redis-server`s (and breaks them) for the Redis-mode
+//! tests (`redis_*`, contract section 6); the other modules are the tests.
 
 // Tests state their expectations with unwrap/expect: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod redis_server;
 mod tokens;
 
 mod cli;
 mod durability;
 mod http;
 mod logs;
+mod redis_cluster;
+mod redis_mode;
+mod redis_outage;
 mod sessions;
 mod token_errors;
 mod validate;
