@@ -122,7 +122,10 @@ impl Config {
             && !["redis://", "unix://"].iter().any(|p| se.redis_url.starts_with(p))
         {
             // The URL itself is not shown: it may hold a password.
-            return Err(err("sessions.redis_url", "must be empty or start with redis:// or unix://"));
+            return Err(err(
+                "sessions.redis_url",
+                "must be empty or start with redis:// or unix://",
+            ));
         }
         if se.key_prefix.is_empty() || has_whitespace(&se.key_prefix) {
             return Err(err("sessions.key_prefix", "must be non-empty and contain no whitespace"));
