@@ -236,7 +236,6 @@ impl Coordinator {
         let Some(r) = self.redis.as_ref() else { return };
         let side = r.cfg.side.clone();
         let store = r.cfg.store.clone();
-        let replaying = r.replaying;
         let fut = async move {
             let redis = side.redis.clone();
             let pinged =
@@ -251,7 +250,8 @@ impl Coordinator {
             let Some(r) = act.redis.as_ref() else { return };
             let degraded = r.cfg.side.mode.is_degraded();
             let closed = r.cfg.side.breaker.state() == BreakerState::Closed;
-            if pinged && closed && !replaying && (degraded || pending > 0) {
+            // Read now, not when the probe started: two ticks may overlap.
+            if pinged && closed && !r.replaying && (degraded || pending > 0) {
                 act.replay(ctx);
             }
         }));

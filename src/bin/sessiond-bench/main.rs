@@ -6,10 +6,14 @@
 //! - `store`: acknowledged writes/s through the FallbackStore actor, per fsync mode.
 //! - `restart`: builds a data dir holding N sessions, starts the daemon on it, reports the
 //!   time to ready and the resident memory.
+//! - `outage`: under a validation load on a daemon in Redis mode, `kill -9` its Redis, journal
+//!   writes, restart Redis; reports time to degraded, 5xx/401 answers, replay time.
 
+mod bench_outage;
 mod bench_restart;
 mod bench_store;
 mod http_client;
+mod keepalive;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -81,6 +85,38 @@ enum Mode {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Start a redis-server and sessiond in Redis mode, validate under load, `kill -9` Redis,
+    /// journal writes while it is down, restart it empty; report time to degraded, 5xx/401
+    /// answers during the outage, replay time, and what a fresh instance sees.
+    Outage {
+        /// Sessions created before the load and validated round-robin.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Load threads, one keep-alive connection each.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Duration of the load.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Seconds of load before Redis is killed.
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// Session creates made while Redis is down (journaled, replayed on recovery).
+        #[arg(long, default_value_t = 10_000)]
+        journal_writes: usize,
+        /// Threads making those writes.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Outage writes checked on a fresh instance after recovery.
+        #[arg(long, default_value_t = 100)]
+        verify: usize,
+        /// The sessiond binary (default: next to this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The redis-server binary.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: String,
+    },
 }
 
 fn main() {
@@ -94,6 +130,27 @@ fn main() {
             bench_store::run(&fsync, writers, writes, dir)
         }
         Mode::Restart { sessions, binary, dir } => bench_restart::run(sessions, binary, dir),
+        Mode::Outage {
+            sessions,
+            clients,
+            seconds,
+            warmup,
+            journal_writes,
+            writers,
+            verify,
+            binary,
+            redis_server,
+        } => bench_outage::run(bench_outage::Options {
+            sessions,
+            clients,
+            seconds,
+            warmup,
+            journal_writes,
+            writers,
+            verify,
+            binary,
+            redis_server,
+        }),
     };
     if let Err(e) = result {
         eprintln!("sessiond-bench: {e}");
