@@ -9,6 +9,7 @@ mod mint;
 mod request_id;
 mod routes;
 mod startup;
+mod ws;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();

@@ -17,13 +17,14 @@ use sessiond_actors::session_validator::{Pipeline, SessionValidator, ValidatorSe
 use sessiond_actors::store::{StoreCore, StoreOptions};
 use sessiond_actors::token::{self, Verifier};
 use sessiond_actors::token_adapter::TokenAdapter;
+use sessiond_actors::ws_gateway::{GatewayLimits, WsGateway};
 
 use crate::api_key::ApiKeys;
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::request_id::{IdSource, RequestIds};
 use crate::routes::{self, Readiness};
-use crate::{config, dev_keys};
+use crate::{config, dev_keys, ws};
 
 /// Redis connections in the pool (each HTTP worker's requests share them).
 const REDIS_POOL_SIZE: usize = 32;
@@ -33,6 +34,8 @@ const PROBE_MAX: Duration = Duration::from_secs(1);
 
 /// How long in-flight requests get to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long WebSockets get to close (1001) after a stop signal, before the server stops.
+const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What the HTTP handlers need from the configuration.
 pub struct HttpSettings {
@@ -151,6 +154,12 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         None => (None, Coordinator::new(instance_id.clone()).start()),
     };
     let _token_adapter = TokenAdapter::new(Arc::clone(&p.verifier)).start();
+    let gateway = WsGateway::new(
+        instance_id.clone(),
+        GatewayLimits::default(),
+        Some(coordinator.clone().recipient()),
+    )
+    .start();
 
     let pipeline = Arc::new(Pipeline {
         verifier: p.verifier,
@@ -176,6 +185,11 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     let readiness = Readiness::default();
     let readiness_data = web::Data::new(readiness.clone());
     let coordinator_data = web::Data::new(coordinator.clone());
+    let ws_path = config.ws.path.clone();
+    let ws_state = web::Data::new(ws::WsState {
+        gateway: gateway.clone(),
+        settings: Arc::new(ws::WsSettings::from_config(&config)),
+    });
     let ids = Arc::new(IdSource::new(instance_id.clone()));
 
     let workers = match config.server.workers {
@@ -191,8 +205,10 @@ async fn run(p: Prepared) -> Result<(), StartError> {
             .app_data(settings.clone())
             .app_data(readiness_data.clone())
             .app_data(coordinator_data.clone())
+            .app_data(ws_state.clone())
             .app_data(web::PayloadConfig::new(max_body))
             .wrap(RequestIds::new(Arc::clone(&ids), max_body))
+            .route(&ws_path, web::get().to(ws::handshake::upgrade))
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
     })
@@ -206,7 +222,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     // Our own handlers, installed before anyone is told we are ready: actix installs its own
     // only once the server is first polled, and a SIGTERM before that would kill the process
     // without the flush.
-    stop_on_signals(server.handle())?;
+    stop_on_signals(server.handle(), gateway)?;
     readiness.set_ready();
     for addr in &bound {
         // The one line tests and scripts wait for; stdout, so it is not mixed with the log.
@@ -229,8 +245,12 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Stops the server gracefully on the first SIGTERM or SIGINT.
-fn stop_on_signals(handle: actix_web::dev::ServerHandle) -> Result<(), StartError> {
+/// Stops the server gracefully on the first SIGTERM or SIGINT: WebSockets are closed with
+/// 1001 first (bounded by `WS_CLOSE_GRACE`), then the server stops.
+fn stop_on_signals(
+    handle: actix_web::dev::ServerHandle,
+    gateway: Addr<WsGateway>,
+) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -240,6 +260,7 @@ fn stop_on_signals(handle: actix_web::dev::ServerHandle) -> Result<(), StartErro
             _ = int.recv() => "SIGINT",
         };
         log::info!("{name} received: stopping gracefully");
+        ws::close_all(&gateway, WS_CLOSE_GRACE).await;
         handle.stop(true).await;
     });
     Ok(())

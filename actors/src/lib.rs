@@ -4,8 +4,8 @@
 //! - [`store`]: the embedded, durable session store ([`store::StoreCore`] and its log).
 //! - [`domain`]: identities, sessions and auth events.
 //!
-//! The actors themselves live in [`token_adapter`], [`fallback_store`], [`session_validator`]
-//! and [`coordinator`]; their messages in [`messages`].
+//! The actors themselves live in [`token_adapter`], [`fallback_store`], [`session_validator`],
+//! [`coordinator`] and [`ws_gateway`]; their messages in [`messages`].
 
 pub mod backend;
 pub mod breaker;
@@ -18,3 +18,4 @@ pub mod session_validator;
 pub mod store;
 pub mod token;
 pub mod token_adapter;
+pub mod ws_gateway;

@@ -271,3 +271,131 @@ mod validator_msgs {
         pub user_id: String,
     }
 }
+
+// ---- WsGateway ----------------------------------------------------------------------------
+
+/// WsGateway → one WebSocket connection: what the gateway tells a live connection.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum ToConnection {
+    /// An auth event this connection must get: one of its session, one of its user, or a
+    /// `service.*` event. The gateway has already done the routing.
+    Event(std::sync::Arc<AuthEvent>),
+    /// The server is stopping: close with 1001.
+    Shutdown,
+    /// The connection's mailbox overflowed (it cannot keep up): close with 1013. The gateway
+    /// has already forgotten it.
+    TooSlow,
+}
+
+/// WsGateway: admit and index a new connection (answered before the upgrade completes, so a
+/// refused connection gets an HTTP answer instead of a socket).
+#[derive(Message)]
+#[rtype(result = "Result<Admission, AdmissionRefused>")]
+pub struct RegisterConnection {
+    /// The session the connection belongs to (the token's session id).
+    pub session_id: String,
+    /// The user the connection belongs to.
+    pub user_id: String,
+    /// When the handshake started validating: a revocation of this session or user that the
+    /// gateway received since then is delivered to the new connection at once (it may have
+    /// been missed by the validation).
+    pub validated_at: std::time::Instant,
+    /// Where the gateway sends this connection's events.
+    pub recipient: Recipient<ToConnection>,
+}
+
+/// An admitted connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// The gateway's key for the connection (for [`UnregisterConnection`] and
+    /// [`MoveConnection`]).
+    pub key: u64,
+    /// Unique across instances: `<instance id>-w<key>`.
+    pub connection_id: String,
+}
+
+/// Why a connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmissionRefused {
+    /// The instance holds as many connections as it may.
+    TooManyConnections {
+        /// The limit.
+        limit: usize,
+    },
+    /// The user holds as many connections as one user may.
+    TooManyForUser {
+        /// The limit.
+        limit: usize,
+    },
+    /// The server is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for AdmissionRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdmissionRefused::TooManyConnections { limit } => {
+                write!(f, "this instance holds its maximum of {limit} WebSocket connections")
+            }
+            AdmissionRefused::TooManyForUser { limit } => {
+                write!(f, "this user holds the maximum of {limit} WebSocket connections")
+            }
+            AdmissionRefused::ShuttingDown => f.write_str("the server is shutting down"),
+        }
+    }
+}
+
+/// WsGateway: a connection has gone (sent by the connection when it stops; idempotent).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct UnregisterConnection {
+    /// The key from its [`Admission`].
+    pub key: u64,
+}
+
+/// WsGateway: a connection now belongs to another session of the same user (after a
+/// `refresh` message with a token naming another session).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct MoveConnection {
+    /// The key from its [`Admission`].
+    pub key: u64,
+    /// The new session id.
+    pub session_id: String,
+}
+
+/// WsGateway: tell every connection to close with 1001 and admit no new one (SIGTERM).
+/// Answers once every connection has been told; [`GatewayStats::connections`] then falls to
+/// zero as they close.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ShutdownConnections;
+
+/// WsGateway: counters for health and metrics.
+#[derive(Message, Debug)]
+#[rtype(result = "GatewayStats")]
+pub struct GetGatewayStats;
+
+/// What the WsGateway reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GatewayStats {
+    /// Live connections.
+    pub connections: usize,
+    /// Distinct sessions with at least one connection.
+    pub sessions: usize,
+    /// Distinct users with at least one connection.
+    pub users: usize,
+    /// Connections admitted since start.
+    pub admitted_total: u64,
+    /// Connections refused by the admission limits (or during shutdown) since start.
+    pub refused_total: u64,
+    /// Events received from the Coordinator since start.
+    pub events_total: u64,
+    /// Event frames handed to connections since start (one per event per connection).
+    pub deliveries_total: u64,
+    /// Connections dropped because their mailbox was full.
+    pub too_slow_total: u64,
+    /// Whether [`ShutdownConnections`] was received.
+    pub shutting_down: bool,
+}

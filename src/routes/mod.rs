@@ -3,7 +3,7 @@
 mod body;
 mod probes;
 mod sessions;
-mod token_source;
+pub(crate) mod token_source;
 mod verify;
 
 use actix_web::{HttpRequest, HttpResponse, web};
