@@ -350,6 +350,25 @@ impl Daemon {
         }
     }
 
+    /// The pid of the running daemon (for signals and `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// Waits (bounded) for the daemon to exit on its own, e.g. after a signal the test sent
+    /// with `send_signal(d.pid(), …)`.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        match wait_timeout(&mut child, EXIT_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sessiond did not exit within {EXIT_TIMEOUT:?}\n{}", self.stderr());
+            }
+        }
+    }
+
     /// `kill -9`.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("daemon running");

@@ -4,7 +4,8 @@
 //!
 //! One test binary made of modules (ripgrep style); `harness` spawns the daemon, `tokens`
 //! makes tokens, `redis_server` spawns real `redis-server`s (and breaks them) for the Redis-mode
-//! tests (`redis_*`, contract section 6); the other modules are the tests.
+//! tests (`redis_*`, contract section 6), `ws_client` is a blocking WebSocket client for the
+//! gateway tests (`ws_*`, contract section 5); the other modules are the tests.
 
 // Tests state their expectations with unwrap/expect: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,6 +13,7 @@
 mod harness;
 mod redis_server;
 mod tokens;
+mod ws_client;
 
 mod cli;
 mod durability;
@@ -25,3 +27,7 @@ mod token_errors;
 mod validate;
 mod vectors;
 mod verify;
+mod ws_auth;
+mod ws_cluster;
+mod ws_events;
+mod ws_limits;

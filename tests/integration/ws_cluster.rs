@@ -1,0 +1,158 @@
+//! Contract sections 5 and 6 with a real Redis: events cross instances (a socket on B hears a
+//! revocation made through A, once, with the same event id as A's own sockets), and the
+//! `redis` breaker opening and closing reach every socket as `service.degraded` /
+//! `service.recovered`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Config, Daemon};
+use crate::redis_server::*;
+use crate::ws_client::*;
+
+/// An instance on this Redis: the fast breaker of `redis_config` (2 failures open it, 1 s
+/// open, 1 success closes it) but a 2 s operation timeout, so that a loaded test machine does
+/// not trip it before the test breaks Redis (`kill -9` is refused at once, not timed out).
+fn config(redis: &RedisServer, prefix: &str) -> Config {
+    redis_config(redis, prefix, "jwt_only").set("breaker.op_timeout_ms", "2000")
+}
+
+/// A connection of this token that has read its welcome; returns it and the welcome.
+#[track_caller]
+fn open(d: &Daemon, token: &str) -> (Ws, Value) {
+    let mut ws = WsRequest::new(d).bearer(token).connect();
+    let welcome = ws.expect_welcome();
+    (ws, welcome)
+}
+
+#[test]
+fn ws_a_socket_on_b_hears_a_revocation_made_through_a() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("ws-pair");
+    let a = Daemon::start(config(&redis, &prefix));
+    let b = Daemon::start(config(&redis, &prefix));
+
+    let t1 = token("u-1", "cw-1");
+    let t2 = token("u-2", "cw-2");
+    let t3 = token("u-3", "cw-3");
+    a.create_ok(&t1);
+    a.create_ok(&t2);
+    b.create_ok(&t3);
+
+    // B authenticates sessions created through A (Redis is the source of truth).
+    let (mut on_b, welcome) = open(&b, &t1);
+    assert_eq!(welcome["mode"], json!("normal"), "{welcome}");
+    let (mut on_a, _) = open(&a, &t1);
+    let (mut u2_on_b, _) = open(&b, &t2);
+    let (mut bystander_on_b, _) = open(&b, &t3);
+
+    a.revoke("cw-1").expect_status(200);
+    let heard_b = on_b.expect_event("session.revoked");
+    assert_eq!(heard_b["session_id"], json!("cw-1"), "{heard_b}");
+    assert_eq!(heard_b["user_id"], json!("u-1"), "{heard_b}");
+    assert_eq!(on_b.expect_close("on B after the revocation through A"), Some(4001));
+    let heard_a = on_a.expect_event("session.revoked");
+    assert_eq!(on_a.expect_close("on A after its own revocation"), Some(4001));
+    assert_eq!(heard_a, heard_b, "one event, the same on both instances");
+
+    // Revoke-all through A closes the user's socket on B.
+    a.revoke_all("u-2").expect_status(200);
+    let (messages, end) = u2_on_b.until_close(FRAME_TIMEOUT);
+    assert!(
+        matches!(end, Incoming::Close(Some(4001), _)),
+        "u-2 on B: expected 4001 after user.sessions_revoked, got {end:?} after {messages:?}"
+    );
+    assert!(
+        messages.iter().any(|v| v["event"] == "user.sessions_revoked" && v["user_id"] == "u-2"),
+        "u-2 on B: no user.sessions_revoked before the close: {messages:?}"
+    );
+
+    // Another user on B heard nothing and stays open.
+    assert_eq!(bystander_on_b.ping_barrier("u-3 on B"), Vec::<Value>::new());
+    assert_eq!(
+        bystander_on_b.quiet_for(Duration::from_millis(500), "u-3 on B"),
+        Vec::<Value>::new()
+    );
+}
+
+#[test]
+fn ws_events_cross_instances_once_each_with_unique_ids() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("ws-once");
+    let a = Daemon::start(config(&redis, &prefix));
+    let b = Daemon::start(config(&redis, &prefix));
+    let t = token("u-1", "co-1");
+    a.create_ok(&t);
+    let (mut on_a, _) = open(&a, &t);
+    let (mut on_b, _) = open(&b, &t);
+
+    // Refreshed through A, then through B: each socket hears each once, the same ids.
+    a.refresh("co-1", json!({})).expect_status(200);
+    let first_a = on_a.expect_event("session.refreshed");
+    let first_b = on_b.expect_event("session.refreshed");
+    assert_eq!(first_a, first_b, "the refresh through A");
+    b.refresh("co-1", json!({})).expect_status(200);
+    let second_a = on_a.expect_event("session.refreshed");
+    let second_b = on_b.expect_event("session.refreshed");
+    assert_eq!(second_a, second_b, "the refresh through B");
+    assert_ne!(first_a["id"], second_a["id"], "event ids are unique across instances");
+
+    // No copy arrives later (local delivery plus the instance's own bus message, say).
+    for (what, ws) in [("on A", &mut on_a), ("on B", &mut on_b)] {
+        let late = ws.quiet_for(Duration::from_secs(1), what);
+        assert_eq!(late, Vec::<Value>::new(), "{what}: duplicate deliveries");
+        assert_eq!(ws.ping_barrier(what), Vec::<Value>::new());
+    }
+}
+
+#[test]
+fn ws_breaker_open_and_close_reach_every_socket() {
+    let mut redis = RedisServer::start_durable();
+    let prefix = unique_prefix("ws-breaker");
+    let d = Daemon::start(config(&redis, &prefix));
+    let t1 = token("u-1", "cb-1");
+    let t2 = token("u-2", "cb-2");
+    d.create_ok(&t1);
+    d.create_ok(&t2);
+    wait_for_mode(&d, &t1, "normal");
+    let (s1, w1) = open(&d, &t1);
+    let (s2, w2) = open(&d, &t1);
+    let mut s3 = WsRequest::new(&d).bearer_protocol(&t2, V1_MSGPACK).connect();
+    let w3 = s3.expect_welcome();
+    for w in [&w1, &w2, &w3] {
+        assert_eq!(w["mode"], json!("normal"), "before the outage: {w}");
+    }
+    let mut sockets = vec![("u-1 a", s1), ("u-1 b", s2), ("u-2 msgpack", s3)];
+
+    redis.kill9();
+    let (_, took) = wait_for_mode(&d, &t1, "degraded");
+    eprintln!("degraded after {took:?}");
+    for (what, ws) in &mut sockets {
+        let (_, before) = ws.until_event("service.degraded");
+        assert_eq!(before, Vec::<Value>::new(), "{what}: frames before service.degraded");
+    }
+
+    // A socket opened while degraded says so in its welcome.
+    let (late, welcome) = open(&d, &t2);
+    assert_eq!(welcome["mode"], json!("degraded"), "{welcome}");
+    sockets.push(("u-2 opened while degraded", late));
+
+    redis.restart_keeping_data();
+    let (_, took) = wait_for_mode(&d, &t1, "normal");
+    eprintln!("normal again after {took:?}");
+    for (what, ws) in &mut sockets {
+        let (_, before) = ws.until_event("service.recovered");
+        for v in &before {
+            assert!(
+                v["type"] == "event"
+                    && v["event"].as_str().is_some_and(|e| e.starts_with("service.")),
+                "{what}: unexpected frame before service.recovered: {v}"
+            );
+        }
+        if !before.is_empty() {
+            eprintln!("{what}: service events before service.recovered: {before:?}");
+        }
+        assert_eq!(ws.ping_barrier(what), Vec::<Value>::new(), "{what}: open after recovery");
+    }
+}
