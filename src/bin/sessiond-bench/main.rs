@@ -8,10 +8,14 @@
 //!   time to ready and the resident memory.
 //! - `outage`: under a validation load on a daemon in Redis mode, `kill -9` its Redis, journal
 //!   writes, restart Redis; reports time to degraded, 5xx/401 answers, replay time.
+//! - `ws-connect`, `ws-revoke`, `ws-fanout`, `ws`: the WebSocket gateway with N connections
+//!   held by worker processes (`ws-worker`, hidden): connect+authenticate rate and RSS per
+//!   connection, revocation latency, `service.*` fan-out time (see bench_ws.rs).
 
 mod bench_outage;
 mod bench_restart;
 mod bench_store;
+mod bench_ws;
 mod http_client;
 mod keepalive;
 
@@ -117,6 +121,20 @@ enum Mode {
         #[arg(long, default_value = "redis-server")]
         redis_server: String,
     },
+    /// Start sessiond, create N sessions over ≥ N/100 users, open N authenticated WebSockets
+    /// from worker processes; report connect+authenticate rate and daemon RSS per connection.
+    WsConnect(bench_ws::WsArgs),
+    /// ws-connect, then revoke sessions one at a time through the API; report the time from
+    /// each DELETE's start to its socket receiving `session.revoked` (p50/p99/max).
+    WsRevoke(bench_ws::WsArgs),
+    /// Redis mode with its own redis-server: connect N WebSockets, `kill -9` Redis and time
+    /// `service.degraded` to every socket; restart Redis and time `service.recovered`.
+    WsFanout(bench_ws::WsArgs),
+    /// ws-revoke (embedded store), then ws-fanout (Redis mode).
+    Ws(bench_ws::WsArgs),
+    /// One load-client process of the ws modes (started by them).
+    #[command(hide = true)]
+    WsWorker(bench_ws::WorkerArgs),
 }
 
 fn main() {
@@ -151,6 +169,11 @@ fn main() {
             binary,
             redis_server,
         }),
+        Mode::WsConnect(a) => bench_ws::run(bench_ws::Phases::Connect, &a),
+        Mode::WsRevoke(a) => bench_ws::run(bench_ws::Phases::Revoke, &a),
+        Mode::WsFanout(a) => bench_ws::run(bench_ws::Phases::Fanout, &a),
+        Mode::Ws(a) => bench_ws::run(bench_ws::Phases::All, &a),
+        Mode::WsWorker(a) => bench_ws::worker(&a),
     };
     if let Err(e) = result {
         eprintln!("sessiond-bench: {e}");
