@@ -8,31 +8,10 @@ pub const ALGORITHM_NAMES: [&str; 12] = [
     "ES384", "EdDSA",
 ];
 
-/// The algorithm a contract name stands for (exact case). Uses the token module's parser and
-/// falls back to the contract's own list.
+/// The algorithm a contract name stands for (exact case); `none` and unknown names give
+/// `None`.
 pub fn algorithm_from_name(name: &str) -> Option<Algorithm> {
-    if !ALGORITHM_NAMES.contains(&name) {
-        return None;
-    }
-    parse_algorithm(name).or_else(|| contract_algorithm(name))
-}
-
-pub(super) fn contract_algorithm(name: &str) -> Option<Algorithm> {
-    Some(match name {
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        _ => return None,
-    })
+    parse_algorithm(name)
 }
 
 /// Whether an algorithm name is an HMAC one.
