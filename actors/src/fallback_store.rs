@@ -22,9 +22,9 @@ use actix::prelude::*;
 use crate::domain::JournalEntry;
 use crate::domain::now_seconds;
 use crate::messages::{
-    AckJournal, CreateSession, FlushStore, GetSession, GetStoreStats, ListUserSessions,
-    MirrorExpiry, MirrorPut, MirrorRevokeUser, MirrorTomb, PendingJournal, RefreshSession,
-    RevokeSession, RevokeUserSessions,
+    AckJournal, CreateSession, FlushStore, GetStoreStats, MirrorExpiry, MirrorPut,
+    MirrorRevokeUser, MirrorTomb, PendingJournal, RefreshSession, RevokeSession,
+    RevokeUserSessions,
 };
 use crate::store::{CreateOutcome, Durable, RefreshOutcome, RevokeOutcome, StoreCore, StoreError};
 
@@ -87,14 +87,6 @@ impl Handler<CreateSession> for FallbackStore {
     }
 }
 
-impl Handler<GetSession> for FallbackStore {
-    type Result = MessageResult<GetSession>;
-
-    fn handle(&mut self, msg: GetSession, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.core.get(&msg.session_id, now_seconds()))
-    }
-}
-
 impl Handler<RefreshSession> for FallbackStore {
     type Result = ResponseFuture<Result<RefreshOutcome, StoreError>>;
 
@@ -119,14 +111,6 @@ impl Handler<RevokeSession> for FallbackStore {
             self.core.revoke(&msg.session_id, now_seconds())
         };
         when_durable(outcome, durable)
-    }
-}
-
-impl Handler<ListUserSessions> for FallbackStore {
-    type Result = MessageResult<ListUserSessions>;
-
-    fn handle(&mut self, msg: ListUserSessions, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.core.list_user(&msg.user_id, now_seconds()))
     }
 }
 
@@ -260,7 +244,9 @@ mod tests {
     #[actix_rt::test]
     async fn every_message_is_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let addr = FallbackStore::new(open(dir.path(), FsyncMode::Always)).start();
+        let core = open(dir.path(), FsyncMode::Always);
+        let reader = core.reader();
+        let addr = FallbackStore::new(core).start();
         let created = addr
             .send(CreateSession { new: new_session("s1", "u1"), journal: false })
             .await
@@ -273,17 +259,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(again, CreateOutcome::Existing(s1.clone()));
-        assert_eq!(
-            addr.send(GetSession { session_id: "s1".into() }).await.unwrap(),
-            Lookup::Live(s1.clone())
-        );
+        assert_eq!(reader.get("s1", now_seconds()), Lookup::Live(s1.clone()));
         let refreshed = addr
             .send(RefreshSession { session_id: "s1".into(), ttl_seconds: Some(60), journal: false })
             .await
             .unwrap()
             .unwrap();
         assert!(matches!(refreshed, RefreshOutcome::Refreshed(_)));
-        assert_eq!(addr.send(ListUserSessions { user_id: "u1".into() }).await.unwrap().len(), 1);
+        assert_eq!(reader.list_user("u1", now_seconds()).len(), 1);
         addr.send(CreateSession { new: new_session("s2", "u1"), journal: false })
             .await
             .unwrap()
@@ -309,7 +292,9 @@ mod tests {
     #[actix_rt::test]
     async fn journal_and_mirror_messages() {
         let dir = tempfile::tempdir().unwrap();
-        let addr = FallbackStore::new(open(dir.path(), FsyncMode::Always)).start();
+        let core = open(dir.path(), FsyncMode::Always);
+        let reader = core.reader();
+        let addr = FallbackStore::new(core).start();
         let out = addr
             .send(CreateSession { new: new_session("j1", "u1"), journal: true })
             .await
@@ -361,21 +346,14 @@ mod tests {
         });
         addr.do_send(MirrorTomb { session_id: "m2".into(), until: now + 600 });
         addr.do_send(MirrorExpiry { session_id: "m1".into(), expires_at: now + 120 });
-        let got = addr.send(GetSession { session_id: "m1".into() }).await.unwrap();
+        // A message answered after the fire-and-forget ones: they have been applied.
+        addr.send(GetStoreStats).await.unwrap();
+        let got = reader.get("m1", now);
         assert_eq!(got, Lookup::Live(Session { expires_at: now + 120, ..m.clone() }));
-        assert_eq!(
-            addr.send(GetSession { session_id: "m2".into() }).await.unwrap(),
-            Lookup::Revoked
-        );
+        assert_eq!(reader.get("m2", now), Lookup::Revoked);
         addr.send(MirrorRevokeUser { user_id: "u2".into() }).await.unwrap().unwrap();
-        assert_eq!(
-            addr.send(GetSession { session_id: "m1".into() }).await.unwrap(),
-            Lookup::Revoked
-        );
-        assert_eq!(
-            addr.send(GetSession { session_id: "tmp".into() }).await.unwrap(),
-            Lookup::Revoked
-        );
+        assert_eq!(reader.get("m1", now), Lookup::Revoked);
+        assert_eq!(reader.get("tmp", now), Lookup::Revoked);
         assert_eq!(addr.send(GetStoreStats).await.unwrap().journal_len, 3);
         addr.send(AckJournal { up_to: 5 }).await.unwrap().unwrap();
         assert!(addr.send(PendingJournal { max: 100 }).await.unwrap().is_empty());
@@ -392,6 +370,7 @@ mod tests {
         };
         let tuning = StoreTuning { max_journal: 1, ..StoreTuning::default() };
         let core = StoreCore::open_with(opts, tuning, now_seconds()).unwrap().0;
+        let reader = core.reader();
         let addr = FallbackStore::new(core).start();
         addr.send(RevokeSession { session_id: "a".into(), journal: true }).await.unwrap().unwrap();
         let err = addr
@@ -408,10 +387,7 @@ mod tests {
         assert_eq!(out, CreateOutcome::Full);
         // Not journaled: still taken.
         addr.send(RevokeSession { session_id: "b".into(), journal: false }).await.unwrap().unwrap();
-        assert_eq!(
-            addr.send(GetSession { session_id: "b".into() }).await.unwrap(),
-            Lookup::Revoked
-        );
+        assert_eq!(reader.get("b", now_seconds()), Lookup::Revoked);
     }
 
     /// Many concurrent writers with `Always`: every acknowledged write is in the log.

@@ -3,7 +3,7 @@
 use actix::prelude::*;
 
 use crate::domain::{AuthEvent, Identity, JournalEntry, NewSession, Session, UnixSeconds};
-use crate::store::{CreateOutcome, Lookup, RefreshOutcome, RevokeOutcome, StoreError, StoreStats};
+use crate::store::{CreateOutcome, RefreshOutcome, RevokeOutcome, StoreError, StoreStats};
 use crate::token::TokenError;
 
 // ---- TokenAdapter -------------------------------------------------------------------------
@@ -34,14 +34,6 @@ pub struct CreateSession {
     pub journal: bool,
 }
 
-/// FallbackStore: look one session up.
-#[derive(Message, Debug)]
-#[rtype(result = "Lookup")]
-pub struct GetSession {
-    /// The session id.
-    pub session_id: String,
-}
-
 /// FallbackStore: push a live session's expiry forward.
 #[derive(Message, Debug)]
 #[rtype(result = "Result<RefreshOutcome, StoreError>")]
@@ -64,14 +56,6 @@ pub struct RevokeSession {
     /// Also record the write in the durable journal, for replay into Redis (a write taken
     /// while degraded). Refused when the journal is full.
     pub journal: bool,
-}
-
-/// FallbackStore: a user's live sessions.
-#[derive(Message, Debug)]
-#[rtype(result = "Vec<Session>")]
-pub struct ListUserSessions {
-    /// The user id.
-    pub user_id: String,
 }
 
 /// FallbackStore: revoke every live session of a user; answers the revoked ids.
