@@ -101,8 +101,6 @@ where
             .map(str::to_owned)
             .unwrap_or_else(|| self.ids.fresh());
         let started = Instant::now();
-        let method = req.method().clone();
-        let path = req.path().to_owned();
         let service = Rc::clone(&self.service);
         let body_limit = self.body_limit;
         Box::pin(async move {
@@ -132,7 +130,8 @@ where
                         .cloned()
                         .unwrap_or_else(|| from_status(res.status(), body_limit));
                     if api.status.is_server_error() {
-                        log::error!("request {id} {method} {path}: {err}");
+                        let head = res.request();
+                        log::error!("request {id} {} {}: {err}", head.method(), head.path());
                     }
                     res.into_response(api.render(&id))
                 }
@@ -142,7 +141,9 @@ where
                 res.headers_mut().insert(HEADER, v);
             }
             log::debug!(
-                "request {id} {method} {path} {} {:.3}ms",
+                "request {id} {} {} {} {:.3}ms",
+                res.request().method(),
+                res.request().path(),
                 res.status().as_u16(),
                 started.elapsed().as_secs_f64() * 1000.0
             );
