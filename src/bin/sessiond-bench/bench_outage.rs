@@ -8,21 +8,19 @@
 //! stopped and removed at the end, on error too.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sessiond_actors::domain::now_seconds;
 use sessiond_actors::token::{Algorithm, sign_hmac};
 
-use crate::bench_store::scratch_dir;
 use crate::keepalive::Conn;
+use crate::procs::{DropReport, Redis, ScratchDir, percentile_us, scratch_dir};
+
+type Daemon = crate::procs::Daemon<Instant>;
 
 const SECRET: &str = "outage-bench-hmac-secret-0123456789abcdef";
 const API_KEY: &str = "outage-bench-api-key-0123456789";
@@ -32,13 +30,10 @@ const OP_TIMEOUT_MS: u64 = 250;
 const DEGRADED_TARGET_MS: u64 = FAILURE_THRESHOLD * OP_TIMEOUT_MS + 200;
 /// Read/write timeout of every HTTP request.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(30);
-const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after the kill the `mode degraded` line may take before we go on without it.
 const DEGRADED_WAIT: Duration = Duration::from_secs(10);
 /// How long after the restart the `mode normal` line may take.
 const RECOVERY_WAIT: Duration = Duration::from_secs(60);
-const EXIT_WAIT: Duration = Duration::from_secs(15);
 /// Non-200 answers kept (with their bodies) per load thread.
 const KEPT_ERRORS: usize = 50_000;
 /// Bodies printed per (phase, status, code).
@@ -59,309 +54,6 @@ pub struct Options {
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-#[allow(unsafe_code)]
-fn send_signal(pid: u32, signal: libc::c_int) -> Result<(), String> {
-    let pid = libc::pid_t::try_from(pid).map_err(|e| e.to_string())?;
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is a child
-    // we spawned and have not reaped yet, so it cannot name another process.
-    let rc = unsafe { libc::kill(pid, signal) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(format!("kill({pid}, {signal}): {}", std::io::Error::last_os_error()))
-    }
-}
-
-/// Waits for a child to exit, up to `timeout`.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A scratch directory, removed on drop.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Stderr lines of a daemon, each stamped with the Instant it was read.
-#[derive(Default)]
-struct LogLines {
-    lines: Mutex<Vec<(Instant, String)>>,
-    changed: Condvar,
-}
-
-impl LogLines {
-    fn push(&self, line: String) {
-        let at = Instant::now();
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).push((at, line));
-        self.changed.notify_all();
-    }
-
-    /// The first line read at or after `since` that contains `needle`, waiting up to `timeout`.
-    fn wait_for(
-        &self,
-        needle: &str,
-        since: Instant,
-        timeout: Duration,
-    ) -> Option<(Instant, String)> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut from = 0;
-        loop {
-            if let Some(hit) =
-                lines[from..].iter().find(|(at, l)| *at >= since && l.contains(needle))
-            {
-                return Some(hit.clone());
-            }
-            from = lines.len();
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            lines = self
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    /// Every line read at or after `since` that contains `needle`.
-    fn all(&self, needle: &str, since: Instant) -> Vec<(Instant, String)> {
-        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines.iter().filter(|(at, l)| *at >= since && l.contains(needle)).cloned().collect()
-    }
-
-    /// Every line read at or after `since` that contains one of `needles`, in order.
-    fn all_matching(&self, needles: &[&str], since: Instant) -> Vec<(Instant, String)> {
-        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines
-            .iter()
-            .filter(|(at, l)| *at >= since && needles.iter().any(|n| l.contains(n)))
-            .cloned()
-            .collect()
-    }
-
-    /// Lines at warn or error level read at or after `since`.
-    fn problems(&self, since: Instant) -> Vec<(Instant, String)> {
-        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines
-            .iter()
-            .filter(|(at, l)| *at >= since && (l.contains(" WARN ") || l.contains(" ERROR ")))
-            .cloned()
-            .collect()
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        let start = lines.len().saturating_sub(n);
-        lines[start..].iter().map(|(_, l)| format!("  {l}\n")).collect()
-    }
-}
-
-/// A `sessiond` we started; SIGTERMed on drop.
-struct Daemon {
-    name: &'static str,
-    child: Option<Child>,
-    addr: String,
-    log: Arc<LogLines>,
-}
-
-impl Daemon {
-    fn start(name: &'static str, binary: &Path, config: &Path) -> Result<Daemon, String> {
-        let mut child = Command::new(binary)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", binary.display()))?;
-        let log = Arc::new(LogLines::default());
-        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let mut daemon = Daemon { name, child: Some(child), addr: String::new(), log };
-        let sink = Arc::clone(&daemon.log);
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stderr);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        sink.push(String::from_utf8_lossy(&buf).trim_end().to_owned());
-                    }
-                }
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            // Reads to the end so the daemon never blocks on a full pipe.
-            while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
-                if let Some(addr) = line.trim_end().split(" listening on http://").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                line.clear();
-            }
-        });
-        match rx.recv_timeout(DAEMON_READY_TIMEOUT) {
-            Ok(addr) => {
-                daemon.addr = addr;
-                Ok(daemon)
-            }
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(200));
-                Err(format!(
-                    "{name} did not print its listening line within {DAEMON_READY_TIMEOUT:?}; stderr:\n{}",
-                    daemon.log.tail(30)
-                ))
-            }
-        }
-    }
-
-    /// SIGTERM, then waits for the exit (SIGKILL after [`EXIT_WAIT`]).
-    fn stop(&mut self) -> Result<ExitStatus, String> {
-        let Some(mut child) = self.child.take() else {
-            return Err(format!("{} already stopped", self.name));
-        };
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("{} had exited already: {status}", self.name));
-        }
-        send_signal(child.id(), libc::SIGTERM)?;
-        match wait_timeout(&mut child, EXIT_WAIT)? {
-            Some(status) => Ok(status),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!("{} did not exit within {EXIT_WAIT:?} of SIGTERM", self.name))
-            }
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some()
-            && let Err(e) = self.stop()
-        {
-            eprintln!("sessiond-bench: stopping {}: {e}", self.name);
-        }
-    }
-}
-
-/// A `redis-server` we started on a free loopback port, keeping nothing on disk; killed on drop.
-struct Redis {
-    binary: String,
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn redis_ping(port: u16) -> bool {
-    let Ok(addr) = format!("127.0.0.1:{port}").parse() else { return false };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-}
-
-impl Redis {
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("redis-server.log")
-    }
-
-    /// Starts it (again) and waits for PING to answer.
-    fn spawn(&mut self) -> Result<(), String> {
-        if self.child.is_some() {
-            return Err("redis-server is already running".into());
-        }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(|e| format!("{}: {e}", self.log_path().display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut child = Command::new(&self.binary)
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .args(["--daemonize", "no", "--dir"])
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.binary))?;
-        let deadline = Instant::now() + REDIS_READY_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                return Err(format!("redis-server on port {} exited: {status}\n{log}", self.port));
-            }
-            if redis_ping(self.port) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "redis-server on port {} did not answer PING within {REDIS_READY_TIMEOUT:?}",
-                    self.port
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// `kill -9`; answers the Instant just before the signal was sent.
-    fn kill9(&mut self) -> Result<Instant, String> {
-        let mut child = self.child.take().ok_or("redis-server is not running")?;
-        let at = Instant::now();
-        let sent = send_signal(child.id(), libc::SIGKILL);
-        let _ = child.wait();
-        sent.map(|()| at)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn write_config(path: &Path, port: u16, data: &Path) -> Result<(), String> {
     let text = format!(
@@ -604,18 +296,13 @@ pub fn run(opts: Options) -> Result<(), String> {
     };
     let scratch = ScratchDir(scratch_dir("outage")?);
     let dir = scratch.0.clone();
-    let mut redis = Redis {
-        binary: opts.redis_server.clone(),
-        child: None,
-        port: free_port()?,
-        dir: dir.join("redis"),
-    };
+    let mut redis = Redis::new(&opts.redis_server, &dir.join("redis"))?;
     std::fs::create_dir_all(&redis.dir).map_err(|e| e.to_string())?;
     redis.spawn()?;
     eprintln!("redis-server on 127.0.0.1:{}", redis.port);
     let config = dir.join("sessiond.toml");
     write_config(&config, redis.port, &dir.join("data"))?;
-    let mut daemon = Daemon::start("sessiond", &binary, &config)?;
+    let mut daemon = Daemon::start("sessiond", &binary, &config, "info", DropReport::Failures)?;
     eprintln!("sessiond on {}", daemon.addr);
 
     // Tokens: the load's sessions (created now, in normal mode) and the outage's writes.
@@ -660,7 +347,7 @@ pub fn run(opts: Options) -> Result<(), String> {
 
     // The outage.
     std::thread::sleep(Duration::from_secs(opts.warmup));
-    let kill_at = redis.kill9()?;
+    let kill_at = redis.kill9::<Instant>()?;
     eprintln!(
         "redis-server killed (SIGKILL) at t={:.3} s",
         kill_at.duration_since(t0).as_secs_f64()
@@ -746,7 +433,8 @@ pub fn run(opts: Options) -> Result<(), String> {
     // sessions written during the outage.
     let config_b = dir.join("sessiond-fresh.toml");
     write_config(&config_b, redis.port, &dir.join("data-fresh"))?;
-    let mut fresh = Daemon::start("fresh sessiond", &binary, &config_b)?;
+    let mut fresh =
+        Daemon::start("fresh sessiond", &binary, &config_b, "info", DropReport::Failures)?;
     let sample: Vec<usize> = if writes.ok.is_empty() || opts.verify == 0 {
         Vec::new()
     } else {
@@ -1002,14 +690,6 @@ impl Milestones {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p / 100.0).round() as usize;
-    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
-}
-
 fn print_phases(m: &Milestones, samples: &[Sample]) {
     let mut per: Vec<Vec<&Sample>> = vec![Vec::new(); PHASES.len()];
     for s in samples {
@@ -1038,8 +718,8 @@ fn print_phases(m: &Milestones, samples: &[Sample]) {
             PHASES[i],
             list.len(),
             (hi - lo) as f64 / 1e6,
-            percentile(&lat, 50.0),
-            percentile(&lat, 99.0),
+            percentile_us(&lat, 50.0),
+            percentile_us(&lat, 99.0),
             lat.last().map_or(f64::NAN, |&l| f64::from(l) / 1000.0),
             by_text.join(" ")
         );

@@ -9,7 +9,8 @@ use std::time::Instant;
 use sessiond_actors::domain::now_seconds;
 use sessiond_actors::store::{CreateOutcome, FsyncMode, StoreCore, StoreOptions};
 
-use crate::bench_store::{sample_session, scratch_dir};
+use crate::bench_store::sample_session;
+use crate::procs::scratch_dir;
 
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -10,16 +10,7 @@ use sessiond_actors::fallback_store::FallbackStore;
 use sessiond_actors::messages::CreateSession;
 use sessiond_actors::store::{CreateOutcome, FsyncMode, StoreCore, StoreOptions};
 
-/// A fresh directory under the system temp dir.
-pub fn scratch_dir(tag: &str) -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "sessiond-bench-{tag}-{}-{}",
-        std::process::id(),
-        sessiond_actors::domain::now_millis()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    Ok(dir)
-}
+use crate::procs::scratch_dir;
 
 /// A typical session: ~10-character ids, a ~20-character email, one attribute.
 pub fn sample_session(i: usize, now: i64) -> NewSession {

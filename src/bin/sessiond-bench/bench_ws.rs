@@ -30,13 +30,12 @@
 //! removed at the end, on error too.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures_util::StreamExt as _;
@@ -48,7 +47,11 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::bench_store::scratch_dir;
+use crate::keepalive;
+use crate::procs::{
+    self, DropReport, Redis, ScratchDir, now_ns, percentile_ns as percentile, scratch_dir,
+    wait_timeout,
+};
 
 const SECRET: &str = "ws-bench-hmac-secret-0123456789abcdef0123";
 const API_KEY: &str = "ws-bench-api-key-0123456789abcdef";
@@ -61,8 +64,6 @@ const TARGET_REVOKE_P99_MS: f64 = 5.0;
 const TARGET_FANOUT_MS: f64 = 250.0;
 /// One handshake (connect, upgrade, welcome) may take this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(30);
-const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one revocation's event and close may take before we count it as lost.
 const REVOKE_WAIT: Duration = Duration::from_secs(5);
@@ -158,13 +159,6 @@ pub struct WorkerArgs {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-/// Wall-clock nanoseconds since the Unix epoch: comparable across our processes.
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn status_kib(path: &str, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
@@ -198,41 +192,6 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
-/// The `p`th percentile (nearest rank) of sorted values, or NaN.
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    ms(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-/// Waits for a child to exit, up to `timeout`.
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => return None,
-        }
-    }
-}
-
-/// A scratch directory, removed on drop.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn session_id(run: &str, i: usize) -> String {
     format!("wsb-{run}-{i}")
 }
@@ -251,336 +210,34 @@ fn mint(run: &str, i: usize, users: usize, now: i64) -> Result<String, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A keep-alive HTTP/1.1 client (any method, Content-Length answers)
+// HTTP calls to the daemon's API
 
-struct Http {
-    addr: String,
-    stream: Option<BufReader<TcpStream>>,
-}
-
-impl Http {
-    fn new(addr: &str) -> Http {
-        Http { addr: addr.to_owned(), stream: None }
-    }
-
-    /// One request; on a transport error the connection is dropped and the request retried
-    /// once on a fresh one (every request here is idempotent). Answers status and body.
-    fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<(u16, String), String> {
-        match self.exchange(method, path, body) {
-            Ok(r) => Ok(r),
-            Err(_) => {
-                self.stream = None;
-                let r = self.exchange(method, path, body);
-                if r.is_err() {
-                    self.stream = None;
-                }
-                r
-            }
-        }
-    }
-
-    fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<(u16, String), String> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect(&self.addr).map_err(|e| format!("connect: {e}"))?;
-            s.set_nodelay(true).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(HTTP_TIMEOUT)).map_err(|e| e.to_string())?;
-            s.set_write_timeout(Some(HTTP_TIMEOUT)).map_err(|e| e.to_string())?;
-            self.stream = Some(BufReader::new(s));
-        }
-        let s = self.stream.as_mut().ok_or("no connection")?;
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nX-Api-Key: {API_KEY}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        s.get_mut().write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
-        let mut line = String::new();
-        if s.read_line(&mut line).map_err(|e| format!("read: {e}"))? == 0 {
-            return Err("connection closed before the status line".into());
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("malformed status line {:?}", line.trim_end()))?;
-        let mut length = 0usize;
-        let mut keep = true;
-        loop {
-            line.clear();
-            if s.read_line(&mut line).map_err(|e| format!("read: {e}"))? == 0 {
-                return Err("connection closed in the headers".into());
-            }
-            let h = line.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let Some((name, value)) = h.split_once(':') else { continue };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().map_err(|_| format!("bad Content-Length {value}"))?;
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(format!("unsupported Transfer-Encoding {value}"));
-            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
-            {
-                keep = false;
-            }
-        }
-        let mut buf = vec![0u8; length];
-        s.read_exact(&mut buf).map_err(|e| format!("read body: {e}"))?;
-        if !keep {
-            self.stream = None;
-        }
-        Ok((status, String::from_utf8_lossy(&buf).into_owned()))
-    }
+/// One API call (`X-Api-Key` set) on a keep-alive connection; on a transport error it is
+/// retried once on a fresh connection (every request here is idempotent). Answers status and
+/// body.
+fn api(
+    http: &mut keepalive::Conn,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let headers = [("X-Api-Key", API_KEY)];
+    let body = body.unwrap_or("");
+    let r = match http.request(method, path, &headers, body) {
+        Ok(r) => r,
+        Err(_) => http.request(method, path, &headers, body)?,
+    };
+    Ok((r.status, r.body))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The daemon and Redis
 
-/// Stderr lines of a daemon, each stamped with the wall clock (ns) at which it was read.
-#[derive(Default)]
-struct LogLines {
-    lines: Mutex<Vec<(u64, String)>>,
-    changed: Condvar,
-}
-
-impl LogLines {
-    fn push(&self, line: String) {
-        let at = now_ns();
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).push((at, line));
-        self.changed.notify_all();
-    }
-
-    /// The first line read at or after `since_ns` containing `needle`, waiting up to `timeout`.
-    fn wait_for(&self, needle: &str, since_ns: u64, timeout: Duration) -> Option<(u64, String)> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(hit) = lines.iter().find(|(at, l)| *at >= since_ns && l.contains(needle)) {
-                return Some(hit.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            lines = self
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    /// Lines at warn or error level read at or after `since_ns`.
-    fn problems(&self, since_ns: u64) -> Vec<String> {
-        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        lines
-            .iter()
-            .filter(|(at, l)| *at >= since_ns && (l.contains(" WARN ") || l.contains(" ERROR ")))
-            .map(|(_, l)| l.clone())
-            .collect()
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        let start = lines.len().saturating_sub(n);
-        lines[start..].iter().map(|(_, l)| format!("  {l}\n")).collect()
-    }
-}
-
-/// A `sessiond` we started; stopped (SIGTERM, then SIGKILL) on drop.
-struct Daemon {
-    child: Option<Child>,
-    pid: u32,
-    addr: String,
-    log: Arc<LogLines>,
-}
+type Daemon = procs::Daemon<u64>;
 
 impl Daemon {
-    fn start(binary: &Path, config: &Path, rust_log: &str) -> Result<Daemon, String> {
-        let mut child = Command::new(binary)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", rust_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", binary.display()))?;
-        let log = Arc::new(LogLines::default());
-        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let pid = child.id();
-        let mut daemon = Daemon { child: Some(child), pid, addr: String::new(), log };
-        let sink = Arc::clone(&daemon.log);
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stderr);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => sink.push(String::from_utf8_lossy(&buf).trim_end().to_owned()),
-                }
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            // Reads to the end so the daemon never blocks on a full pipe.
-            while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
-                if let Some(addr) = line.trim_end().split(" listening on http://").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.to_owned());
-                }
-                line.clear();
-            }
-        });
-        match rx.recv_timeout(DAEMON_READY_TIMEOUT) {
-            Ok(addr) => {
-                daemon.addr = addr;
-                Ok(daemon)
-            }
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(200));
-                Err(format!(
-                    "sessiond did not print its listening line within {DAEMON_READY_TIMEOUT:?}; \
-                     stderr:\n{}",
-                    daemon.log.tail(30)
-                ))
-            }
-        }
-    }
-
     fn rss_kib(&self) -> Result<u64, String> {
         pid_kib(self.pid, "VmRSS:").ok_or_else(|| format!("no VmRSS for pid {}", self.pid))
-    }
-
-    /// SIGTERM (through kill(1): no unsafe code), then SIGKILL after 15 s.
-    fn stop(&mut self) -> Option<String> {
-        let mut child = self.child.take()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(format!("sessiond had exited already: {status}"));
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        match wait_timeout(&mut child, Duration::from_secs(15)) {
-            Some(status) => Some(format!("sessiond exit after SIGTERM: {status}")),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Some("sessiond did not exit within 15 s of SIGTERM: killed".to_owned())
-            }
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(note) = self.stop() {
-            eprintln!("{note}");
-        }
-    }
-}
-
-/// A `redis-server` we started on a free loopback port, keeping nothing on disk.
-struct Redis {
-    binary: String,
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-fn redis_ping(port: u16) -> bool {
-    let Ok(addr) = format!("127.0.0.1:{port}").parse() else { return false };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
-}
-
-impl Redis {
-    fn new(binary: &str, dir: &Path) -> Result<Redis, String> {
-        let mut r =
-            Redis { binary: binary.to_owned(), child: None, port: free_port()?, dir: dir.into() };
-        r.spawn()?;
-        Ok(r)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let log_path = self.dir.join("redis-server.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut child = Command::new(&self.binary)
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .args(["--daemonize", "no", "--dir"])
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.binary))?;
-        let deadline = Instant::now() + REDIS_READY_TIMEOUT;
-        while !redis_ping(self.port) {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(format!("redis-server on port {} exited: {status}\n{log}", self.port));
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("redis-server on port {} did not answer PING", self.port));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// `kill -9`; answers the wall clock (ns) just before the signal.
-    fn kill9(&mut self) -> Result<u64, String> {
-        let mut child = self.child.take().ok_or("redis-server is not running")?;
-        let at = now_ns();
-        let sent = child.kill().map_err(|e| format!("kill -9 redis-server: {e}"));
-        let _ = child.wait();
-        sent.map(|()| at)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -618,11 +275,11 @@ fn create_sessions(addr: &str, tokens: &[String]) -> Result<(), String> {
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
-                    let mut http = Http::new(addr);
+                    let mut http = keepalive::Conn::new(addr, HTTP_TIMEOUT);
                     for t in part {
                         let body = serde_json::json!({ "token": t }).to_string();
                         let (status, answer) =
-                            http.request("POST", "/api/v1/sessions", Some(&body))?;
+                            api(&mut http, "POST", "/api/v1/sessions", Some(&body))?;
                         if status != 201 && status != 200 {
                             return Err(format!("creating a session: HTTP {status} {answer}"));
                         }
@@ -732,7 +389,7 @@ impl Drop for Worker {
     fn drop(&mut self) {
         drop(self.stdin.take());
         if let Some(mut child) = self.child.take()
-            && wait_timeout(&mut child, Duration::from_secs(5)).is_none()
+            && !matches!(wait_timeout(&mut child, Duration::from_secs(5)), Ok(Some(_)))
         {
             let _ = child.kill();
             let _ = child.wait();
@@ -1091,9 +748,9 @@ fn revoke_phase(a: &WsArgs, daemon: &Daemon, c: &mut Connected, run: &str) -> Re
         fleet.conns[i].target = true;
     }
     let connected_at_start = fleet.alive;
-    let mut http = Http::new(&daemon.addr);
+    let mut http = keepalive::Conn::new(&daemon.addr, HTTP_TIMEOUT);
     // Opens the keep-alive connection before the first timed call.
-    let (status, body) = http.request("GET", "/livez", None)?;
+    let (status, body) = api(&mut http, "GET", "/livez", None)?;
     if status != 200 {
         return Err(format!("GET /livez: HTTP {status} {body}"));
     }
@@ -1106,7 +763,7 @@ fn revoke_phase(a: &WsArgs, daemon: &Daemon, c: &mut Connected, run: &str) -> Re
     for &i in &targets {
         let path = format!("/api/v1/sessions/{}", session_id(run, i));
         let t0 = now_ns();
-        let answer = http.request("DELETE", &path, None);
+        let answer = api(&mut http, "DELETE", &path, None);
         let t1 = now_ns();
         http_ns.push(t1.saturating_sub(t0));
         match answer {
@@ -1252,7 +909,7 @@ fn fanout_phase(
         fleet.workers.iter().filter_map(|w| w.child.as_ref().map(Child::id)).collect();
     let cpu = |pid: u32| cpu_ms(pid).unwrap_or(0);
     let workers_cpu = || worker_pids.iter().map(|&p| cpu(p)).sum::<u64>();
-    let kill_ns = redis.kill9()?;
+    let kill_ns = redis.kill9::<u64>()?;
     let degraded_line = daemon.log.wait_for("mode degraded", kill_ns, MODE_WAIT);
     let (daemon_cpu0, workers_cpu0) = (cpu(daemon.pid), workers_cpu());
     let degraded = collect_fanout(fleet, true, expected);
@@ -1326,7 +983,7 @@ fn shutdown_phase(c: &mut Connected, daemon: &mut Daemon, label: &str) {
     let expected = fleet.alive;
     fleet.expected_close = Some(1001);
     let t0 = now_ns();
-    let exit = daemon.stop().unwrap_or_default();
+    let exit = daemon.stop_note().unwrap_or_default();
     let exited_ns = now_ns();
     fleet.wait(Duration::from_secs(10), |f| f.alive == 0);
     let closes: Vec<u64> = fleet
@@ -1366,7 +1023,7 @@ fn prepare(
     // `mode degraded` is a warning; `mode normal` is the coordinator's info line.
     let rust_log =
         if redis_port.is_some() { "warn,sessiond_actors::coordinator=info" } else { "warn" };
-    let daemon = Daemon::start(binary, &config, rust_log)?;
+    let daemon = Daemon::start("sessiond", binary, &config, rust_log, DropReport::Notes)?;
     eprintln!("sessiond (pid {}) on {} [{tag}]", daemon.pid, daemon.addr);
     create_sessions(&daemon.addr, &tokens)?;
     Ok((daemon, tokens))
@@ -1382,7 +1039,7 @@ fn report_anomalies(fleet: &Fleet, daemon: &Daemon, since_ns: u64) {
     let problems = daemon.log.problems(since_ns);
     if !problems.is_empty() {
         println!("daemon warnings/errors ({}, first 20):", problems.len());
-        for l in problems.iter().take(20) {
+        for (_, l) in problems.iter().take(20) {
             println!("  {l}");
         }
     }
@@ -1433,6 +1090,7 @@ pub fn run(phases: Phases, a: &WsArgs) -> Result<(), String> {
     if matches!(phases, Phases::Fanout | Phases::All) {
         let t0 = now_ns();
         let mut redis = Redis::new(&a.redis_server, &dir)?;
+        redis.spawn()?;
         eprintln!("redis-server on 127.0.0.1:{}", redis.port);
         let (mut daemon, tokens) = prepare(a, &binary, &dir, "redis", Some(redis.port), &run)?;
         let mut c = connect_phase(a, &daemon, &tokens, &dir, "-redis")?;

@@ -48,8 +48,20 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<Response, String> {
+        self.request("POST", path, headers, body)
+    }
+
+    /// Sends `method path` with a JSON body (empty for none: it is still sent with its
+    /// Content-Type and a Content-Length of 0). Same error handling as [`Conn::post`].
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<Response, String> {
         let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             self.host,
             body.len()
         );

@@ -18,6 +18,7 @@ mod bench_store;
 mod bench_ws;
 mod http_client;
 mod keepalive;
+mod procs;
 
 use std::io::Write as _;
 use std::path::PathBuf;
