@@ -6,8 +6,10 @@ mod config;
 mod dev_keys;
 mod error;
 mod mint;
+mod notify;
 mod request_id;
 mod routes;
+mod self_test;
 mod startup;
 mod ws;
 

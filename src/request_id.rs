@@ -13,6 +13,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use futures_util::future::LocalBoxFuture;
+use sessiond_actors::metrics::metrics;
 
 use crate::error::{ApiError, from_status};
 
@@ -140,15 +141,39 @@ where
             if let Ok(v) = HeaderValue::from_str(&id) {
                 res.headers_mut().insert(HEADER, v);
             }
+            let took = started.elapsed().as_secs_f64();
+            let head = res.request();
+            // The route's pattern, never the raw path: the label set stays bounded.
+            let route = head.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+            let status = res.status();
+            metrics()
+                .http_duration
+                .with_label_values(&[route.as_str(), method_label(head.method()), status.as_str()])
+                .observe(took);
             log::debug!(
                 "request {id} {} {} {} {:.3}ms",
-                res.request().method(),
-                res.request().path(),
-                res.status().as_u16(),
-                started.elapsed().as_secs_f64() * 1000.0
+                head.method(),
+                head.path(),
+                status.as_u16(),
+                took * 1000.0
             );
             Ok(res)
         })
+    }
+}
+
+/// The method as a metric label; methods outside the standard set share `other`.
+fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method as M;
+    match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::DELETE => "DELETE",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => "other",
     }
 }
 

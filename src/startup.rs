@@ -11,7 +11,8 @@ use sessiond_actors::backend::{Backend, ConfirmCache, DegradedPolicy, ModeFlag, 
 use sessiond_actors::breaker::{BreakerSettings, Clock, SharedBreaker, SystemClock};
 use sessiond_actors::coordinator::{Coordinator, CoordinatorRedis, random_instance_id};
 use sessiond_actors::fallback_store::FallbackStore;
-use sessiond_actors::messages::FlushStore;
+use sessiond_actors::health::Watch;
+use sessiond_actors::messages::{FlushStore, Subscribe};
 use sessiond_actors::redis_store::{RedisSettings, RedisStore};
 use sessiond_actors::session_validator::{Pipeline, SessionValidator, ValidatorSettings};
 use sessiond_actors::store::{StoreCore, StoreOptions};
@@ -22,9 +23,12 @@ use sessiond_actors::ws_gateway::{GatewayLimits, WsGateway};
 use crate::api_key::ApiKeys;
 use crate::cli::ServeArgs;
 use crate::config::Config;
+use crate::notify::{ModeStatus, Notifier};
 use crate::request_id::{IdSource, RequestIds};
+use crate::routes::health::Operations;
 use crate::routes::{self, Readiness};
-use crate::{config, dev_keys, ws};
+use crate::self_test::SelfTest;
+use crate::{config, dev_keys, notify, ws};
 
 /// Redis connections in the pool (each HTTP worker's requests share them).
 const REDIS_POOL_SIZE: usize = 32;
@@ -36,6 +40,8 @@ const PROBE_MAX: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long WebSockets get to close (1001) after a stop signal, before the server stops.
 const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long the final flush of the fallback store may take at shutdown.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// What the HTTP handlers need from the configuration.
 pub struct HttpSettings {
@@ -141,8 +147,13 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     let reader = core.reader();
     let store =
         FallbackStore::start_in_arbiter(&store_arbiter.handle(), move |_| FallbackStore::new(core));
+    let notifier = Notifier::from_env();
+    let self_test = SelfTest::new().map_err(StartError)?;
+    let mut breakers = Vec::new();
     let (redis, coordinator) = match redis_parts(&config, &store)? {
         Some((side, coord)) => {
+            breakers.push(side.breaker.clone());
+            breakers.push(coord.bus_breaker.clone());
             log::info!(
                 "Redis mode: {} (key prefix {:?})",
                 config.sessions.redis_url_for_log(),
@@ -153,13 +164,22 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         }
         None => (None, Coordinator::new(instance_id.clone()).start()),
     };
-    let _token_adapter = TokenAdapter::new(Arc::clone(&p.verifier)).start();
+    let token_adapter = TokenAdapter::new(Arc::clone(&p.verifier)).start();
     let gateway = WsGateway::new(
         instance_id.clone(),
         GatewayLimits::default(),
         Some(coordinator.clone().recipient()),
     )
     .start();
+
+    for (name, actor) in [
+        ("fallback_store", store.clone().recipient()),
+        ("ws_gateway", gateway.clone().recipient()),
+        ("token_adapter", token_adapter.clone().recipient()),
+    ] {
+        coordinator.do_send(Watch { name, actor });
+    }
+    coordinator.do_send(Subscribe(ModeStatus(notifier.clone()).start().recipient()));
 
     let pipeline = Arc::new(Pipeline {
         verifier: p.verifier,
@@ -191,6 +211,17 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         settings: Arc::new(ws::WsSettings::from_config(&config)),
     });
     let ids = Arc::new(IdSource::new(instance_id.clone()));
+    let store_mode = if breakers.is_empty() { "embedded store" } else { "Redis" };
+    let operations = web::Data::new(Operations {
+        instance_id: instance_id.clone(),
+        token_adapter: token_adapter.recipient(),
+        store: store.clone(),
+        gateway: gateway.clone(),
+        coordinator: coordinator.clone(),
+        breakers,
+        pipeline: Arc::clone(&pipeline),
+        self_test,
+    });
 
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -199,7 +230,10 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     let server = HttpServer::new(move || {
         // One validator per worker: requests reach it without crossing threads.
         let validator = SessionValidator::new(Arc::clone(&pipeline)).start();
+        coordinator_data
+            .do_send(Watch { name: "session_validator", actor: validator.clone().recipient() });
         App::new()
+            .app_data(operations.clone())
             .app_data(web::Data::new(validator))
             .app_data(api_keys.clone())
             .app_data(settings.clone())
@@ -222,7 +256,9 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     // Our own handlers, installed before anyone is told we are ready: actix installs its own
     // only once the server is first polled, and a SIGTERM before that would kill the process
     // without the flush.
-    stop_on_signals(server.handle(), gateway)?;
+    stop_on_signals(server.handle(), gateway, notifier.clone())?;
+    #[cfg(debug_assertions)]
+    test_hooks::install(&store)?;
     readiness.set_ready();
     for addr in &bound {
         // The one line tests and scripts wait for; stdout, so it is not mixed with the log.
@@ -232,17 +268,28 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         println!("{}", dev_keys::dev_instructions(&config, keys, *addr));
     }
     log::info!("ready on {bound:?} with {workers} workers");
+    notifier.send(&format!("READY=1\nSTATUS=serving ({store_mode})"));
+    if let Some(period) = notify::watchdog_period().filter(|_| notifier.enabled()) {
+        actix_rt::spawn(notify::run_watchdog(notifier.clone(), period, coordinator.clone()));
+    }
 
     server.await.map_err(|e| StartError(format!("server failed: {e}")))?;
     log::info!("stopping: flushing the fallback store");
-    match store.send(FlushStore).await {
-        Ok(Ok(())) => log::info!("fallback store flushed"),
-        Ok(Err(e)) => log::error!("fallback store flush failed: {e}"),
-        Err(e) => log::error!("fallback store unreachable at shutdown: {e}"),
-    }
+    let flushed = match tokio::time::timeout(FLUSH_GRACE, store.send(FlushStore)).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!("fallback store flush failed: {e}")),
+        Ok(Err(e)) => Err(format!("fallback store unreachable at shutdown: {e}")),
+        Err(_) => Err(format!("fallback store flush took over {} s", FLUSH_GRACE.as_secs())),
+    };
     store_arbiter.stop();
     System::current().stop();
-    Ok(())
+    match flushed {
+        Ok(()) => {
+            log::info!("fallback store flushed; exiting");
+            Ok(())
+        }
+        Err(e) => Err(StartError(e)),
+    }
 }
 
 /// Stops the server gracefully on the first SIGTERM or SIGINT: WebSockets are closed with
@@ -250,6 +297,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
 fn stop_on_signals(
     handle: actix_web::dev::ServerHandle,
     gateway: Addr<WsGateway>,
+    notifier: Notifier,
 ) -> Result<(), StartError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -260,6 +308,7 @@ fn stop_on_signals(
             _ = int.recv() => "SIGINT",
         };
         log::info!("{name} received: stopping gracefully");
+        notifier.send("STOPPING=1\nSTATUS=stopping: closing WebSockets, draining requests");
         ws::close_all(&gateway, WS_CLOSE_GRACE).await;
         handle.stop(true).await;
     });
@@ -310,4 +359,35 @@ fn redis_parts(
         max_ttl_seconds: config.sessions.max_ttl_seconds,
     };
     Ok(Some((side, coordinator)))
+}
+
+/// Test hooks, compiled into debug builds only (the test suite runs the debug binary; a
+/// release build has none of this) and armed only by `SESSIOND_TEST_HOOKS=1`.
+#[cfg(debug_assertions)]
+mod test_hooks {
+    use std::time::Duration;
+
+    use actix::Addr;
+    use sessiond_actors::fallback_store::FallbackStore;
+    use sessiond_actors::messages::Wedge;
+
+    use super::StartError;
+
+    /// `SIGUSR2` wedges the fallback store actor for an hour: its thread sleeps, so it stops
+    /// answering, as a deadlocked actor would.
+    pub fn install(store: &Addr<FallbackStore>) -> Result<(), StartError> {
+        if std::env::var("SESSIOND_TEST_HOOKS").as_deref() != Ok("1") {
+            return Ok(());
+        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut usr2 = signal(SignalKind::user_defined2())?;
+        let store = store.clone();
+        log::warn!("test hooks armed (SESSIOND_TEST_HOOKS=1): SIGUSR2 wedges the fallback store");
+        actix_rt::spawn(async move {
+            while usr2.recv().await.is_some() {
+                store.do_send(Wedge(Duration::from_secs(3600)));
+            }
+        });
+        Ok(())
+    }
 }

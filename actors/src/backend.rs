@@ -24,8 +24,8 @@ use crate::breaker::{CallError, SharedBreaker};
 use crate::domain::{NewSession, Session, UnixSeconds, now_millis};
 use crate::fallback_store::FallbackStore;
 use crate::messages::{
-    CreateSession, MirrorExpiry, MirrorPut, MirrorRevokeUser, MirrorTomb, RefreshSession,
-    RevokeSession, RevokeUserSessions,
+    CreateSession, MirrorExpiry, MirrorPut, MirrorRevokeUser, MirrorTomb, PurgeSession,
+    RefreshSession, RevokeSession, RevokeUserSessions,
 };
 use crate::redis_store::RedisStore;
 use crate::store::{CreateOutcome, Lookup, RefreshOutcome, RevokeOutcome, StoreError, StoreReader};
@@ -154,6 +154,11 @@ impl Backend {
     /// The Redis side when the instance is not degraded (else `None`: use the fallback).
     fn live_redis(&self) -> Option<&RedisSide> {
         self.redis.as_ref().filter(|r| !r.mode.is_degraded())
+    }
+
+    /// Whether the instance is in degraded mode (never in embedded mode).
+    pub fn is_degraded(&self) -> bool {
+        self.redis.as_ref().is_some_and(|r| r.mode.is_degraded())
     }
 
     /// Whether writes taken by the fallback store must be journaled for replay.
@@ -331,6 +336,22 @@ impl Backend {
         let msg = RevokeSession { session_id: sid.to_owned(), journal };
         let outcome = self.store.send(msg).await.map_err(gone)??;
         Ok(Answer { value: outcome, degraded: journal })
+    }
+
+    /// Forgets a session id entirely, in Redis (when it answers) and in the fallback store.
+    /// Only for the self-test's own sessions: a real revocation must never be forgotten.
+    pub async fn purge(&self, sid: &str, uid: &str) -> Result<(), StoreError> {
+        if let Some(side) = self.live_redis() {
+            let redis = side.redis.clone();
+            let (s, u) = (sid.to_owned(), uid.to_owned());
+            side.breaker
+                .call(side.op_timeout, async move { redis.purge(&s, &u).await })
+                .await
+                .map_err(|e| StoreError(format!("redis purge: {e}")))?;
+            side.confirmed.forget(sid);
+        }
+        let msg = PurgeSession { session_id: sid.to_owned() };
+        self.store.send(msg).await.map_err(gone)?
     }
 
     /// Revokes every live session of a user; answers their ids.

@@ -25,10 +25,15 @@ use crate::backend::RedisSide;
 use crate::breaker::{BreakerEvent, BreakerState, SharedBreaker};
 use crate::domain::{AuthEvent, EventKind, now_millis, now_seconds};
 use crate::fallback_store::FallbackStore;
-use crate::messages::{
-    AckJournal, CoordinatorStats, Deliver, GetCoordinatorStats, GetStoreStats, MirrorExpiry,
-    MirrorRevokeUser, MirrorTomb, PendingJournal, RaiseEvent, Subscribe,
+use crate::health::{
+    ANSWER_TIMEOUT, CheckHealth, CheckLiveness, ComponentHealth, HealthStatus, Liveness, Ping,
+    Watch,
 };
+use crate::messages::{
+    AckJournal, CoordinatorStats, Deliver, DeliverProbe, GetCoordinatorStats, GetStoreStats,
+    MirrorExpiry, MirrorRevokeUser, MirrorTomb, PendingJournal, RaiseEvent, Subscribe,
+};
+use crate::metrics::metrics;
 
 /// The most subscribers held at once; a further subscription is refused with a warning.
 pub const MAX_SUBSCRIBERS: usize = 1024;
@@ -61,6 +66,21 @@ struct RedisState {
     cfg: CoordinatorRedis,
     replaying: bool,
     unpublished: VecDeque<Vec<u8>>,
+    /// Journal entries waiting for replay, as of the last probe tick.
+    pending: usize,
+    /// The last replay attempt's outcome, for health.
+    last_replay: Option<ReplayReport>,
+}
+
+/// How the last journal replay went.
+#[derive(Clone, Debug, Serialize)]
+struct ReplayReport {
+    /// Unix ms when it ended.
+    at_ms: i64,
+    /// Entries replayed (0 on failure).
+    entries: usize,
+    /// Why it failed, if it did.
+    error: Option<String>,
 }
 
 /// The Coordinator actor.
@@ -71,6 +91,7 @@ pub struct Coordinator {
     raised: BTreeMap<String, u64>,
     relayed: u64,
     redis: Option<RedisState>,
+    watched: Vec<(&'static str, Recipient<Ping>)>,
 }
 
 /// The bus's wire format.
@@ -101,13 +122,20 @@ impl Coordinator {
             raised: BTreeMap::new(),
             relayed: 0,
             redis: None,
+            watched: Vec::new(),
         }
     }
 
     /// A coordinator in Redis mode.
     pub fn with_redis(instance_id: String, redis: CoordinatorRedis) -> Self {
         let mut c = Coordinator::new(instance_id);
-        c.redis = Some(RedisState { cfg: redis, replaying: false, unpublished: VecDeque::new() });
+        c.redis = Some(RedisState {
+            cfg: redis,
+            replaying: false,
+            unpublished: VecDeque::new(),
+            pending: 0,
+            last_replay: None,
+        });
         c
     }
 
@@ -133,6 +161,7 @@ impl Coordinator {
             data: msg.data,
         };
         *self.raised.entry(msg.event.as_str().to_owned()).or_insert(0) += 1;
+        metrics().events_published.with_label_values(&[msg.event.as_str()]).inc();
         log::debug!("event {} {}", event.id, event.event.as_str());
         let event = Arc::new(event);
         if crosses_instances(event.event) {
@@ -182,6 +211,7 @@ impl Coordinator {
             (EventKind::ServiceRecovered, log::Level::Info)
         };
         log::log!(level, "mode {}: {why}", if degraded { "degraded" } else { "normal" });
+        metrics().mode.set(i64::from(degraded));
         self.raise(
             RaiseEvent {
                 event: kind,
@@ -247,7 +277,8 @@ impl Coordinator {
             (pinged, pending)
         };
         ctx.spawn(fut.into_actor(self).map(move |(pinged, pending), act, ctx| {
-            let Some(r) = act.redis.as_ref() else { return };
+            let Some(r) = act.redis.as_mut() else { return };
+            r.pending = pending;
             let degraded = r.cfg.side.mode.is_degraded();
             let closed = r.cfg.side.breaker.state() == BreakerState::Closed;
             // Read now, not when the probe started: two ticks may overlap.
@@ -291,9 +322,19 @@ impl Coordinator {
             if let Some(r) = act.redis.as_mut() {
                 r.replaying = false;
             }
+            let report = ReplayReport {
+                at_ms: now_millis(),
+                entries: *result.as_ref().map(|(n, _)| n).unwrap_or(&0),
+                error: result.as_ref().err().cloned(),
+            };
+            if let Some(r) = act.redis.as_mut() {
+                r.last_replay = Some(report);
+            }
             match result {
                 Ok((n, took)) => {
                     if n > 0 {
+                        metrics().replay_duration.observe(took.as_secs_f64());
+                        metrics().replayed.inc_by(n as u64);
                         log::info!(
                             "replayed {n} journaled writes into Redis in {} ms",
                             took.as_millis()
@@ -328,6 +369,9 @@ impl Coordinator {
             return;
         }
         let event = envelope.event;
+        let m = metrics();
+        m.bus_received.with_label_values(&[event.event.as_str()]).inc();
+        m.bus_lag.observe(now_millis().saturating_sub(event.at_ms).max(0) as f64 / 1000.0);
         if let Some(r) = self.redis.as_ref() {
             apply_to_mirror(&r.cfg, &event);
         }
@@ -486,6 +530,10 @@ impl Handler<BreakerChanged> for Coordinator {
 
     fn handle(&mut self, msg: BreakerChanged, ctx: &mut Context<Self>) {
         let ev = msg.0;
+        metrics()
+            .breaker_transitions
+            .with_label_values(&[ev.name, ev.transition.to.as_str()])
+            .inc();
         if ev.name != "redis" {
             return;
         }
@@ -535,6 +583,134 @@ impl Handler<GetCoordinatorStats> for Coordinator {
             events_raised: self.raised.clone(),
             subscribers: self.subscribers.len(),
         })
+    }
+}
+
+impl Handler<Watch> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: Watch, _ctx: &mut Context<Self>) {
+        self.watched.retain(|(_, r)| r.connected());
+        self.watched.push((msg.name, msg.actor));
+    }
+}
+
+impl Handler<CheckLiveness> for Coordinator {
+    type Result = ResponseFuture<Liveness>;
+
+    /// Pings every watched actor at once; each gets [`ANSWER_TIMEOUT`]. The Coordinator
+    /// answering at all proves its own mailbox is served.
+    fn handle(&mut self, _msg: CheckLiveness, _ctx: &mut Context<Self>) -> Self::Result {
+        let pings: Vec<_> = self
+            .watched
+            .iter()
+            .map(|&(name, ref actor)| {
+                let ask = actor.send(Ping);
+                async move {
+                    let ok = matches!(tokio::time::timeout(ANSWER_TIMEOUT, ask).await, Ok(Ok(())));
+                    (name, ok)
+                }
+            })
+            .collect();
+        Box::pin(async move {
+            let mut live = Liveness::default();
+            for (name, ok) in futures_util::future::join_all(pings).await {
+                if ok {
+                    live.answered += 1;
+                } else {
+                    live.stalled.push(name);
+                }
+            }
+            live
+        })
+    }
+}
+
+impl Handler<Ping> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) {}
+}
+
+impl Handler<DeliverProbe> for Coordinator {
+    type Result = Result<String, String>;
+
+    fn handle(&mut self, msg: DeliverProbe, _ctx: &mut Context<Self>) -> Self::Result {
+        self.next_seq += 1;
+        let event = AuthEvent {
+            id: format!("{}-{}", self.instance_id, self.next_seq),
+            event: EventKind::SessionRevoked,
+            session_id: Some(msg.session_id),
+            user_id: Some(msg.user_id),
+            at_ms: now_millis(),
+            data: serde_json::json!({ "self_test": true }),
+        };
+        let id = event.id.clone();
+        msg.to.try_send(Deliver(Arc::new(event))).map_err(|e| format!("delivery failed: {e}"))?;
+        Ok(id)
+    }
+}
+
+impl Handler<CheckHealth> for Coordinator {
+    type Result = MessageResult<CheckHealth>;
+
+    fn handle(&mut self, _msg: CheckHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.health())
+    }
+}
+
+impl Coordinator {
+    /// Healthy in embedded mode; in Redis mode `degraded` while the instance is degraded, a
+    /// breaker is not closed, the bus subscription is down, or journaled writes wait for
+    /// replay, with the reason in `problems`.
+    fn health(&self) -> ComponentHealth {
+        let mut details = serde_json::json!({
+            "instance_id": self.instance_id,
+            "store": if self.redis.is_some() { "redis" } else { "embedded" },
+            "subscribers": self.subscribers.len(),
+            "watched_actors": self.watched.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            "events_raised": self.raised,
+            "events_relayed": self.relayed,
+        });
+        let Some(r) = self.redis.as_ref() else {
+            details["mode"] = "normal".into();
+            return ComponentHealth::new(HealthStatus::Healthy, details);
+        };
+        let side = &r.cfg.side;
+        let degraded = side.mode.is_degraded();
+        let bus_up = side.bus_up.load(Ordering::Acquire);
+        let redis_b = side.breaker.snapshot();
+        let bus_b = r.cfg.bus_breaker.snapshot();
+        let mut problems = Vec::new();
+        if degraded {
+            problems.push("degraded mode: answering from the fallback store".to_owned());
+        }
+        if redis_b.state != BreakerState::Closed {
+            problems.push(format!("the redis breaker is {}", redis_b.state.as_str()));
+        }
+        if !bus_up {
+            problems.push("the event-bus subscription is down".to_owned());
+        }
+        if r.pending > 0 {
+            let why = match r.last_replay.as_ref().and_then(|l| l.error.as_deref()) {
+                Some(e) => format!(": the last replay failed: {e}"),
+                None => String::new(),
+            };
+            problems.push(format!("{} journaled writes wait for replay{why}", r.pending));
+        }
+        details["mode"] = if degraded { "degraded" } else { "normal" }.into();
+        details["problems"] = serde_json::json!(problems);
+        details["redis"] = serde_json::json!({
+            "breakers": { "redis": redis_b, "event_bus": bus_b },
+            "bus_subscribed": bus_up,
+            "journal_backlog": r.pending,
+            "replaying": r.replaying,
+            "last_replay": r.last_replay,
+            "events_waiting_for_bus": r.unpublished.len(),
+        });
+        let status =
+            if problems.is_empty() { HealthStatus::Healthy } else { HealthStatus::Degraded };
+        ComponentHealth::new(status, details)
     }
 }
 

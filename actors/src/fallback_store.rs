@@ -21,9 +21,10 @@ use actix::prelude::*;
 
 use crate::domain::JournalEntry;
 use crate::domain::now_seconds;
+use crate::health::{CheckHealth, ComponentHealth, HealthStatus, Ping};
 use crate::messages::{
     AckJournal, CreateSession, FlushStore, GetStoreStats, MirrorExpiry, MirrorPut,
-    MirrorRevokeUser, MirrorTomb, PendingJournal, RefreshSession, RevokeSession,
+    MirrorRevokeUser, MirrorTomb, PendingJournal, PurgeSession, RefreshSession, RevokeSession,
     RevokeUserSessions,
 };
 use crate::store::{CreateOutcome, Durable, RefreshOutcome, RevokeOutcome, StoreCore, StoreError};
@@ -111,6 +112,72 @@ impl Handler<RevokeSession> for FallbackStore {
             self.core.revoke(&msg.session_id, now_seconds())
         };
         when_durable(outcome, durable)
+    }
+}
+
+impl Handler<PurgeSession> for FallbackStore {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: PurgeSession, _: &mut Self::Context) -> Self::Result {
+        let durable = self.core.purge(&msg.session_id, now_seconds());
+        when_durable((), durable)
+    }
+}
+
+/// The journal is reported `degraded` from this share of its capacity on: writes taken in
+/// degraded mode will soon be refused.
+const JOURNAL_WARN_SHARE: f64 = 0.9;
+
+impl Handler<CheckHealth> for FallbackStore {
+    type Result = MessageResult<CheckHealth>;
+
+    fn handle(&mut self, _: CheckHealth, _: &mut Self::Context) -> Self::Result {
+        let s = self.core.stats();
+        let now_ms = crate::domain::now_millis();
+        let journal_full =
+            s.journal_max > 0 && s.journal_len as f64 >= s.journal_max as f64 * JOURNAL_WARN_SHARE;
+        let (status, problem) = if !s.log_healthy {
+            (HealthStatus::Unhealthy, Some("the log cannot be written: writes are refused"))
+        } else if journal_full {
+            (HealthStatus::Degraded, Some("the degraded-mode journal is nearly full"))
+        } else {
+            (HealthStatus::Healthy, None)
+        };
+        MessageResult(ComponentHealth::new(
+            status,
+            serde_json::json!({
+                "problem": problem,
+                "sessions_held": s.live_sessions,
+                "revocations_held": s.tombstones,
+                "users": s.users,
+                "journal_backlog": s.journal_len,
+                "journal_capacity": s.journal_max,
+                "log_bytes": s.log_bytes,
+                "log_generation": s.generation,
+                "log_writable": s.log_healthy,
+                "write_errors": s.write_errors,
+                "last_fsync_at_ms": s.last_fsync_at_ms,
+                "last_fsync_ago_ms": s.last_fsync_at_ms.map(|t| now_ms.saturating_sub(t)),
+                "compactions": s.compactions,
+                "mirror_skipped": s.mirror_skipped,
+            }),
+        ))
+    }
+}
+
+impl Handler<Ping> for FallbackStore {
+    type Result = ();
+
+    fn handle(&mut self, _: Ping, _: &mut Self::Context) {}
+}
+
+#[cfg(debug_assertions)]
+impl Handler<crate::messages::Wedge> for FallbackStore {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::messages::Wedge, _: &mut Self::Context) {
+        log::warn!("test hook: the fallback store actor is wedged for {:?}", msg.0);
+        std::thread::sleep(msg.0);
     }
 }
 

@@ -356,6 +356,36 @@ pub struct MoveConnection {
 #[rtype(result = "()")]
 pub struct ShutdownConnections;
 
+/// Coordinator (self-test): give a `session.revoked` event for this session a fresh event id
+/// and deliver it to `to` only, through the same delivery path as every event; never
+/// published on the bus nor given to the other subscribers. Answers the event id.
+#[derive(Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct DeliverProbe {
+    /// The probe subscriber.
+    pub to: Recipient<Deliver>,
+    /// The self-test session.
+    pub session_id: String,
+    /// The self-test user.
+    pub user_id: String,
+}
+
+/// FallbackStore: forget a session id entirely (session and tombstone), durably. Only the
+/// self-test's own sessions are ever purged.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct PurgeSession {
+    /// Session id.
+    pub session_id: String,
+}
+
+/// FallbackStore, test builds only: block the actor's thread for this long (to prove that
+/// liveness and the watchdog notice a wedged actor).
+#[cfg(debug_assertions)]
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Wedge(pub std::time::Duration);
+
 /// WsGateway: counters for health and metrics.
 #[derive(Message, Debug)]
 #[rtype(result = "GatewayStats")]

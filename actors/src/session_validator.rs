@@ -14,10 +14,12 @@ use serde::Serialize;
 use crate::backend::Backend;
 pub use crate::backend::DegradedPolicy;
 use crate::domain::{EventKind, Identity, NewSession, Session, UnixSeconds, now_seconds};
+use crate::health::{CheckHealth, ComponentHealth, HealthStatus, Ping};
 use crate::messages::{
     CreateFromToken, FetchSession, ListForUser, RaiseEvent, RefreshById, RevokeById, RevokeForUser,
     Validate,
 };
+use crate::metrics::metrics;
 use crate::store::{CreateOutcome, Lookup, RefreshOutcome, StoreError};
 use crate::token::{TokenError, Verifier};
 
@@ -104,6 +106,20 @@ pub enum Failure {
     BadRequest(String),
     /// Degraded, the session is unknown here, and `degraded.policy = "fail_closed"`.
     Unavailable,
+}
+
+impl Failure {
+    /// The contract's error code for this failure (as `validate` answers it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::Token(e) => e.code(),
+            Failure::SessionNotFound => "session_not_found",
+            Failure::SessionRevoked => "session_revoked",
+            Failure::SessionConflict | Failure::BadRequest(_) => "bad_request",
+            Failure::StoreFull | Failure::Store(_) => "store_unavailable",
+            Failure::Unavailable => "store_unavailable",
+        }
+    }
 }
 
 /// What every SessionValidator instance shares.
@@ -197,8 +213,20 @@ impl Pipeline {
         self.events.do_send(RaiseEvent { event, session_id, user_id, data });
     }
 
-    /// Token → identity → session, the answer of `POST /api/v1/sessions/validate`.
+    /// Token → identity → session, the answer of `POST /api/v1/sessions/validate`; counted
+    /// and timed in the metrics.
     pub async fn validate(&self, token: &str) -> Result<Validation, Failure> {
+        let started = std::time::Instant::now();
+        let result = self.validate_uncounted(token).await;
+        let (label, degraded) = match &result {
+            Ok(v) => ("valid", v.mode == Mode::Degraded),
+            Err(f) => (f.code(), self.backend.is_degraded()),
+        };
+        metrics().validation(label, degraded, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn validate_uncounted(&self, token: &str) -> Result<Validation, Failure> {
         let now = now_seconds();
         let identity = self.verify(token, now)?;
         let answer = self.backend.lookup(&identity.session_id, now).await;
@@ -306,6 +334,58 @@ impl Pipeline {
         );
         Ok(ids.len())
     }
+}
+
+impl Pipeline {
+    /// The normalizer's health: the path answers take now, the policy, and what it has
+    /// answered since start. `degraded` while the instance is degraded and the policy is
+    /// `fail_closed` (unknown sessions are then refused with 503).
+    pub fn health(&self) -> ComponentHealth {
+        let degraded = self.backend.is_degraded();
+        let fail_closed = self.settings.degraded_policy == DegradedPolicy::FailClosed;
+        let (mut valid, mut rejected) = (0u64, 0u64);
+        for family in prometheus::core::Collector::collect(&metrics().validations) {
+            for m in family.get_metric() {
+                let n = m.get_counter().get_value() as u64;
+                if m.get_label().iter().any(|l| l.name() == "result" && l.value() == "valid") {
+                    valid += n;
+                } else {
+                    rejected += n;
+                }
+            }
+        }
+        let status =
+            if degraded && fail_closed { HealthStatus::Degraded } else { HealthStatus::Healthy };
+        ComponentHealth::new(
+            status,
+            serde_json::json!({
+                "mode": if degraded { "degraded" } else { "normal" },
+                "store": if self.backend.redis.is_some() { "redis" } else { "embedded" },
+                "degraded_policy": match self.settings.degraded_policy {
+                    DegradedPolicy::JwtOnly => "jwt_only",
+                    DegradedPolicy::FailClosed => "fail_closed",
+                },
+                "refresh_window_seconds": self.settings.refresh_window_seconds,
+                "max_ttl_seconds": self.settings.max_ttl_seconds,
+                "validations_valid_total": valid,
+                "validations_rejected_total": rejected,
+            }),
+        )
+    }
+}
+
+impl Handler<CheckHealth> for SessionValidator {
+    type Result = MessageResult<CheckHealth>;
+
+    fn handle(&mut self, _msg: CheckHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.pipeline.health())
+    }
+}
+
+impl Handler<Ping> for SessionValidator {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) {}
 }
 
 macro_rules! delegate {

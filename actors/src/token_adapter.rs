@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::domain::{Identity, now_seconds};
+use crate::health::{CheckHealth, ComponentHealth, HealthStatus, Ping};
 use crate::messages::{GetVerifier, VerifyToken};
 use crate::token::{TokenError, Verifier};
 
@@ -42,4 +43,30 @@ impl Handler<GetVerifier> for TokenAdapter {
     fn handle(&mut self, _msg: GetVerifier, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(Arc::clone(&self.verifier))
     }
+}
+
+impl Handler<CheckHealth> for TokenAdapter {
+    type Result = MessageResult<CheckHealth>;
+
+    /// Healthy while at least one key is loaded (start-up refuses a ring without one, so an
+    /// unhealthy adapter means a bug).
+    fn handle(&mut self, _msg: CheckHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        let s = self.verifier.summary();
+        let status = if s.key_count > 0 { HealthStatus::Healthy } else { HealthStatus::Unhealthy };
+        MessageResult(ComponentHealth::new(
+            status,
+            serde_json::json!({
+                "key_count": s.key_count,
+                "algorithms": s.algorithms,
+                "kids": s.kids,
+                "layouts": ["legacy", "enhanced"],
+            }),
+        ))
+    }
+}
+
+impl Handler<Ping> for TokenAdapter {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) {}
 }

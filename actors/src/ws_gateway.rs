@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use crate::health::{CheckHealth, ComponentHealth, HealthStatus, Ping};
+
 use crate::domain::{AuthEvent, EventKind};
 use crate::messages::{
     Admission, AdmissionRefused, Deliver, GatewayStats, GetGatewayStats, MoveConnection,
@@ -391,6 +393,47 @@ impl Handler<GetGatewayStats> for WsGateway {
     fn handle(&mut self, _msg: GetGatewayStats, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.stats())
     }
+}
+
+/// The gateway is reported `degraded` from this share of `max_connections` on.
+const NEAR_FULL_SHARE: f64 = 0.9;
+
+impl Handler<CheckHealth> for WsGateway {
+    type Result = MessageResult<CheckHealth>;
+
+    fn handle(&mut self, _msg: CheckHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        let s = self.stats();
+        let max = self.limits.max_connections;
+        let (status, problem) = if s.shutting_down {
+            (HealthStatus::Unhealthy, Some("shutting down: no connection is admitted"))
+        } else if s.connections as f64 >= max as f64 * NEAR_FULL_SHARE {
+            (HealthStatus::Degraded, Some("near the connection limit"))
+        } else {
+            (HealthStatus::Healthy, None)
+        };
+        MessageResult(ComponentHealth::new(
+            status,
+            serde_json::json!({
+                "problem": problem,
+                "connections": s.connections,
+                "sessions": s.sessions,
+                "users": s.users,
+                "max_connections": max,
+                "max_connections_per_user": self.limits.max_per_user,
+                "admitted_total": s.admitted_total,
+                "refused_total": s.refused_total,
+                "events_total": s.events_total,
+                "deliveries_total": s.deliveries_total,
+                "closed_too_slow_total": s.too_slow_total,
+            }),
+        ))
+    }
+}
+
+impl Handler<Ping> for WsGateway {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) {}
 }
 
 #[cfg(test)]

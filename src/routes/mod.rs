@@ -1,6 +1,7 @@
 //! The HTTP routes of CONTRACT.md sections 3 and 4, and the JSON 404 for everything else.
 
 mod body;
+pub mod health;
 mod probes;
 mod sessions;
 pub(crate) mod token_source;
@@ -25,7 +26,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/users/{user_id}/sessions", web::get().to(sessions::list_user))
             .route("/users/{user_id}/sessions", web::delete().to(sessions::revoke_user)),
     )
-    .route("/livez", web::get().to(probes::livez))
+    .service(
+        web::scope("/api/integration-health")
+            .route("", web::get().to(health::overall))
+            .route("/", web::get().to(health::overall))
+            .route("/circuit-breaker-status", web::get().to(health::breakers))
+            .route("/test-integration", web::post().to(health::test_integration))
+            .route("/{component}", web::get().to(health::component)),
+    )
+    .route("/metrics", web::get().to(health::metrics_text))
+    .route("/livez", web::get().to(health::livez))
     .route("/readyz", web::get().to(probes::readyz));
 }
 

@@ -50,6 +50,27 @@ pub mod close_code {
     pub const REFRESH_REFUSED: u16 = 4003;
 }
 
+/// The `code` label of `sessiond_ws_closes_total`: the contract's codes and 1000 by number,
+/// any other (a client's own choice, echoed back) as `other`, so the label stays bounded.
+fn close_label(code: u16) -> &'static str {
+    use close_code::*;
+    match code {
+        1000 => "1000",
+        GOING_AWAY => "1001",
+        PROTOCOL_ERROR => "1002",
+        POLICY_VIOLATION => "1008",
+        TRY_AGAIN_LATER => "1013",
+        REVOKED => "4001",
+        EXPIRED => "4002",
+        REFRESH_REFUSED => "4003",
+        _ => "other",
+    }
+}
+
+fn count_close(label: &str) {
+    sessiond_actors::metrics::metrics().ws_closes.with_label_values(&[label]).inc();
+}
+
 /// The connection's mailbox bound (the gateway's `try_send` fails beyond it and the
 /// connection is closed with 1013).
 pub const MAILBOX: usize = 256;
@@ -159,6 +180,7 @@ impl WsConnection {
             return;
         }
         self.closing = true;
+        count_close(close_label(close.code));
         log::debug!(
             "connection {}: closing with {} ({})",
             self.connection_id,
@@ -373,6 +395,10 @@ impl Actor for WsConnection {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if !self.closing {
+            // The socket went away without a close handshake.
+            count_close("abnormal");
+        }
         self.outbox.end();
         self.gateway.do_send(UnregisterConnection { key: self.key });
         log::debug!("connection {} gone", self.connection_id);

@@ -170,6 +170,24 @@ impl RedisStore {
         }
     }
 
+    /// Forgets a session id entirely: its session, its tombstone and its entry in the user's
+    /// index, in one `MULTI`. Only the self-test's own sessions are ever purged.
+    pub async fn purge(&self, session_id: &str, user_id: &str) -> Result<(), RedisError> {
+        let k = &self.inner.keys;
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .atomic()
+            .del(k.session(session_id))
+            .ignore()
+            .del(k.tomb(session_id))
+            .ignore()
+            .zrem(k.user(user_id), session_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.err("purge", &e))
+    }
+
     /// Records a new session, as [`crate::store::StoreCore::create`] (never `Full`): `Revoked`
     /// over a live tombstone, `Existing`/`Conflict` over a live session of the same/another
     /// user, else `Created` with `created_at = now`. Refuses a session encoding to more than

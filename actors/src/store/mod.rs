@@ -27,8 +27,8 @@ use crate::domain::JournalOp;
 use crate::domain::{JournalEntry, NewSession, Session, UnixSeconds};
 use journal::Journal;
 use record::{
-    Attrs, ExpiryRecord, JournalAckRecord, JournalBody, PutRecord, Record, RevokeUserRecord,
-    TombRecord,
+    Attrs, ExpiryRecord, JournalAckRecord, JournalBody, PurgeRecord, PutRecord, Record,
+    RevokeUserRecord, TombRecord,
 };
 use state::{NewRow, State};
 use writer::{Ack, Writer, WriterSetup};
@@ -656,6 +656,21 @@ impl StoreCore {
         (RevokeOutcome { newly_revoked: true, user_id }, durable)
     }
 
+    /// Forgets a session id entirely (its session and its tombstone), durably. Only for the
+    /// self-test's own sessions: a real revocation must never be forgotten.
+    pub fn purge(&mut self, sid: &str, now: UnixSeconds) -> Durable {
+        self.scratch.clear();
+        if let Err(e) =
+            record::encode_frame(&mut self.scratch, &Record::Purge(PurgeRecord { id: sid }))
+        {
+            return Durable::failed(store_err(e));
+        }
+        self.st_mut().purge(sid);
+        let durable = self.submit_scratch();
+        self.after_write(now);
+        durable
+    }
+
     /// The live sessions of a user, by `created_at` then id.
     pub fn list_user(&self, uid: &str, now: UnixSeconds) -> Vec<Session> {
         list_for_user(&self.st(), uid, now)
@@ -1274,6 +1289,7 @@ fn apply_record(state: &mut State, jrn: &mut Journal, rec: Record<'_>) {
             }
             state.put_tombstone(t.id, t.until);
         }
+        Record::Purge(p) => state.purge(p.id),
         Record::Journal(j) => jrn.load_entry(j.seq, j.op),
         Record::JournalAck(a) => jrn.load_ack(a.up_to, a.next_seq),
     }

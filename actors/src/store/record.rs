@@ -25,7 +25,7 @@ pub const FRAME_HEADER_LEN: usize = 8;
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// The record kinds this build understands (the `k` of the payload).
-pub const KNOWN_KINDS: [&str; 5] = ["put", "exp", "tomb", "jrn", "jack"];
+pub const KNOWN_KINDS: [&str; 6] = ["put", "exp", "tomb", "jrn", "jack", "purge"];
 
 /// A file header for `FORMAT_VERSION` with the given base length.
 pub fn header(base_len: u64) -> [u8; HEADER_LEN] {
@@ -217,6 +217,15 @@ impl<'a> ExpiryRecord<'a> {
     }
 }
 
+/// A session id forgotten entirely: its session and its tombstone are removed (only the
+/// self-test's own sessions are purged; never journaled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeRecord<'a> {
+    /// Session id.
+    #[serde(rename = "i", borrow)]
+    pub id: &'a str,
+}
+
 /// A revoke-all of a user, as a journal entry (`JournalOp::RevokeUser`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevokeUserRecord<'a> {
@@ -292,6 +301,9 @@ pub enum Record<'a> {
     /// Journal entries acknowledged as replayed (and, in snapshots, the next sequence number).
     #[serde(rename = "jack")]
     JournalAck(JournalAckRecord),
+    /// A session id forgotten entirely (session and tombstone).
+    #[serde(rename = "purge", borrow)]
+    Purge(PurgeRecord<'a>),
 }
 
 /// Only the tag, to recognise records of kinds a later version added.

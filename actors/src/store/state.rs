@@ -334,6 +334,12 @@ impl State {
         Some((slot.expires_at, user))
     }
 
+    /// Forgets `id` entirely: its session and its tombstone.
+    pub fn purge(&mut self, id: &str) {
+        self.remove_session(id);
+        self.tombstones.remove(id);
+    }
+
     /// Sets the expiry of the session `id`; answers whether there was one.
     pub fn set_expiry(&mut self, id: &str, expires_at: UnixSeconds) -> bool {
         match self.sessions.get_mut(id) {
