@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::RedisSide;
 use crate::breaker::{BreakerEvent, BreakerState, SharedBreaker};
-use crate::domain::{AuthEvent, EventKind, now_millis, now_seconds};
+use crate::domain::{AuthEvent, EventKind, JournalOp, now_millis, now_seconds};
 use crate::fallback_store::FallbackStore;
 use crate::health::{
     ANSWER_TIMEOUT, CheckHealth, CheckLiveness, ComponentHealth, HealthStatus, Liveness, Ping,
@@ -296,29 +296,43 @@ impl Coordinator {
         let fut = async move {
             let started = std::time::Instant::now();
             let mut replayed = 0usize;
-            loop {
-                let batch = store
-                    .send(PendingJournal { max: REPLAY_BATCH })
-                    .await
-                    .map_err(|e| format!("fallback store unreachable: {e}"))?;
-                let Some(last) = batch.last().map(|e| e.seq) else { break };
-                let redis = side.redis.clone();
-                let now = now_seconds();
-                let n = batch.len();
-                side.breaker
-                    .call(side.op_timeout * 8, async move { redis.replay(&batch, now).await })
-                    .await
-                    .map_err(|e| format!("replay into Redis failed: {e}"))?;
-                store
-                    .send(AckJournal { up_to: last })
-                    .await
-                    .map_err(|e| format!("fallback store unreachable: {e}"))?
-                    .map_err(|e| format!("journal ack failed: {e}"))?;
-                replayed += n;
+            // Revocations replayed into Redis, to announce on the bus: the events raised when
+            // they were taken may never have left this instance (kept in memory while
+            // degraded, lost if the process died since).
+            let mut announce = Vec::new();
+            let result = async {
+                loop {
+                    let batch = store
+                        .send(PendingJournal { max: REPLAY_BATCH })
+                        .await
+                        .map_err(|e| format!("fallback store unreachable: {e}"))?;
+                    let Some(last) = batch.last().map(|e| e.seq) else { break };
+                    let redis = side.redis.clone();
+                    let now = now_seconds();
+                    let n = batch.len();
+                    let revocations: Vec<RaiseEvent> =
+                        batch.iter().filter_map(|e| revocation_event(&e.op)).collect();
+                    side.breaker
+                        .call(side.op_timeout * 8, async move { redis.replay(&batch, now).await })
+                        .await
+                        .map_err(|e| format!("replay into Redis failed: {e}"))?;
+                    announce.extend(revocations);
+                    store
+                        .send(AckJournal { up_to: last })
+                        .await
+                        .map_err(|e| format!("fallback store unreachable: {e}"))?
+                        .map_err(|e| format!("journal ack failed: {e}"))?;
+                    replayed += n;
+                }
+                Ok::<_, String>(())
             }
-            Ok::<_, String>((replayed, started.elapsed()))
+            .await;
+            (announce, result.map(|()| (replayed, started.elapsed())))
         };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(|(announce, result), act, ctx| {
+            for event in announce {
+                act.announce(event, ctx);
+            }
             if let Some(r) = act.redis.as_mut() {
                 r.replaying = false;
             }
@@ -357,6 +371,21 @@ impl Coordinator {
         }));
     }
 
+    /// Publishes an event on the bus for the other instances only (the local subscribers got
+    /// it when the write was taken), with a fresh id.
+    fn announce(&mut self, msg: RaiseEvent, ctx: &mut Context<Self>) {
+        self.next_seq += 1;
+        let event = AuthEvent {
+            id: format!("{}-{}", self.instance_id, self.next_seq),
+            event: msg.event,
+            session_id: msg.session_id,
+            user_id: msg.user_id,
+            at_ms: now_millis(),
+            data: msg.data,
+        };
+        self.publish(&event, ctx);
+    }
+
     fn on_bus_message(&mut self, payload: &[u8]) {
         let envelope: BusEnvelope = match serde_json::from_slice(payload) {
             Ok(e) => e,
@@ -377,6 +406,21 @@ impl Coordinator {
         }
         self.relayed += 1;
         self.fan_out(Arc::new(event));
+    }
+}
+
+/// The bus event that announces a replayed revocation, if the entry is one.
+fn revocation_event(op: &JournalOp) -> Option<RaiseEvent> {
+    match op {
+        JournalOp::Tomb { session_id, user_id, .. } => Some(RaiseEvent {
+            event: EventKind::SessionRevoked,
+            session_id: Some(session_id.clone()),
+            user_id: user_id.clone(),
+            data: serde_json::json!({ "replayed": true }),
+        }),
+        // Not a revoke-all: a receiver would apply it to every session of the user it holds
+        // now, including ones created after the revoke-all was taken, which Redis spares.
+        JournalOp::RevokeUser { .. } | JournalOp::Put { .. } | JournalOp::Expiry { .. } => None,
     }
 }
 

@@ -156,3 +156,55 @@ fn ws_breaker_open_and_close_reach_every_socket() {
         assert_eq!(ws.ping_barrier(what), Vec::<Value>::new(), "{what}: open after recovery");
     }
 }
+
+/// The coordinator's health details of `d` (`bus_subscribed`, `mode`, ...).
+fn coordinator_details(d: &Daemon) -> Value {
+    let r = d.get("/api/integration-health/service-boundary-coordinator").send();
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["details"].clone()
+}
+
+/// Waits until `d` is in normal mode with its bus subscription up.
+#[track_caller]
+fn wait_bus_up(d: &Daemon, what: &str) {
+    let up = crate::harness::poll_until(Duration::from_secs(20), || {
+        let c = coordinator_details(d);
+        (c["mode"] == json!("normal") && c["redis"]["bus_subscribed"] == json!(true)).then_some(())
+    });
+    assert!(up.is_some(), "{what}: not normal with the bus up: {}", coordinator_details(d));
+}
+
+#[test]
+fn ws_a_revocation_taken_while_degraded_reaches_other_instances_even_after_a_crash() {
+    // A revokes while Redis is down (journaled; its event can only wait in A's memory), then
+    // A is killed: the event is lost with it. When A comes back and replays the journal into
+    // Redis, it announces the replayed revocation on the bus, so B's socket is closed.
+    let mut redis = RedisServer::start_durable();
+    let prefix = unique_prefix("ws-crash");
+    let mut a = Daemon::start(config(&redis, &prefix));
+    let b = Daemon::start(config(&redis, &prefix));
+    let t1 = token("u-1", "cc-1");
+    a.create_ok(&t1);
+    let (mut on_b, _) = open(&b, &t1);
+
+    redis.kill9();
+    wait_for_mode(&a, &t1, "degraded");
+    a.revoke("cc-1").expect_status(200);
+    a.kill9();
+    redis.restart_keeping_data();
+    wait_bus_up(&b, "B after Redis came back");
+    a.restart();
+
+    let (messages, end) = on_b.until_close(Duration::from_secs(30));
+    assert!(
+        matches!(end, Incoming::Close(Some(4001), _)),
+        "B's socket: expected 4001 after the replayed revocation, got {end:?} after {messages:?}"
+    );
+    let revoked: Vec<&Value> =
+        messages.iter().filter(|v| v["event"] == json!("session.revoked")).collect();
+    assert_eq!(revoked.len(), 1, "{messages:?}");
+    assert_eq!(revoked[0]["session_id"], json!("cc-1"), "{messages:?}");
+    // And the revocation holds everywhere.
+    assert_eq!(b.validate(&t1).status, 401);
+    assert_eq!(a.validate(&t1).status, 401);
+}
