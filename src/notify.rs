@@ -138,9 +138,9 @@ impl actix::Handler<Deliver> for ModeStatus {
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut actix::Context<Self>) {
         match msg.0.event {
-            EventKind::ServiceDegraded => {
-                self.0.send("STATUS=degraded: Redis unavailable, answering from the fallback store")
-            }
+            EventKind::ServiceDegraded => self.0.send(
+                "STATUS=degraded: answering from the fallback store (see /api/integration-health/)",
+            ),
             EventKind::ServiceRecovered => self.0.send("STATUS=serving (Redis)"),
             _ => {}
         }

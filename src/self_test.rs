@@ -103,7 +103,7 @@ impl SelfTest {
                 0.0,
                 format!("{MAX_CONCURRENT} self-tests already run"),
             ));
-            return finish(started, steps);
+            return finish(started, steps, "refused");
         };
         let run_id = random_hex();
         let sid = reserved_id("sid", &run_id);
@@ -113,7 +113,7 @@ impl SelfTest {
         let enhanced =
             step(&mut steps, "token_enhanced_layout", || self.token(TokenFormat::Enhanced));
         let Some(identity) = enhanced.filter(|_| legacy.is_some()) else {
-            return finish(started, steps);
+            return finish(started, steps, "failed");
         };
         let now = now_seconds();
         let mut reserved = identity;
@@ -168,7 +168,7 @@ impl SelfTest {
                 log::debug!("self-test ran against the fallback store (degraded mode)");
             }
         }
-        finish(started, steps)
+        finish(started, steps, "failed")
     }
 
     /// Signs a token of this layout with the self-test key and checks that it verifies to the
@@ -290,10 +290,13 @@ fn step<T>(
     record(steps, name, t, r)
 }
 
-fn finish(started: Instant, steps: Vec<StepReport>) -> SelfTestReport {
+/// The report; `on_failure` is the metric label of a run that did not pass (`failed`, or
+/// `refused` when too many ran at once).
+fn finish(started: Instant, steps: Vec<StepReport>, on_failure: &str) -> SelfTestReport {
     let passed = !steps.is_empty() && steps.iter().all(|s| s.status == "passed");
     let status = if passed { "passed" } else { "failed" };
-    sessiond_actors::metrics::metrics().self_tests.with_label_values(&[status]).inc();
+    let label = if passed { "passed" } else { on_failure };
+    sessiond_actors::metrics::metrics().self_tests.with_label_values(&[label]).inc();
     SelfTestReport { status, total_duration_ms: ms(started), steps }
 }
 

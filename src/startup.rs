@@ -12,7 +12,7 @@ use sessiond_actors::breaker::{BreakerSettings, Clock, SharedBreaker, SystemCloc
 use sessiond_actors::coordinator::{Coordinator, CoordinatorRedis, random_instance_id};
 use sessiond_actors::fallback_store::FallbackStore;
 use sessiond_actors::health::Watch;
-use sessiond_actors::messages::{FlushStore, Subscribe};
+use sessiond_actors::messages::{FlushStore, SessionSource, Subscribe};
 use sessiond_actors::redis_store::{RedisSettings, RedisStore};
 use sessiond_actors::session_validator::{Pipeline, SessionValidator, ValidatorSettings};
 use sessiond_actors::store::{StoreCore, StoreOptions};
@@ -180,6 +180,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         coordinator.do_send(Watch { name, actor });
     }
     coordinator.do_send(Subscribe(ModeStatus(notifier.clone()).start().recipient()));
+    coordinator.do_send(SessionSource(gateway.clone().recipient()));
 
     let pipeline = Arc::new(Pipeline {
         verifier: p.verifier,
@@ -302,6 +303,16 @@ fn stop_on_signals(
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP's default would end the process without draining or flushing; there is no
+    // configuration reload, so it is logged and ignored.
+    let mut hup = signal(SignalKind::hangup())?;
+    actix_rt::spawn(async move {
+        while hup.recv().await.is_some() {
+            log::warn!(
+                "SIGHUP ignored: the configuration is read at start only; restart to apply changes"
+            );
+        }
+    });
     actix_rt::spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",

@@ -341,17 +341,21 @@ impl Backend {
     /// Forgets a session id entirely, in Redis (when it answers) and in the fallback store.
     /// Only for the self-test's own sessions: a real revocation must never be forgotten.
     pub async fn purge(&self, sid: &str, uid: &str) -> Result<(), StoreError> {
+        let mut in_redis = Ok(());
         if let Some(side) = self.live_redis() {
             let redis = side.redis.clone();
             let (s, u) = (sid.to_owned(), uid.to_owned());
-            side.breaker
+            in_redis = side
+                .breaker
                 .call(side.op_timeout, async move { redis.purge(&s, &u).await })
                 .await
-                .map_err(|e| StoreError(format!("redis purge: {e}")))?;
+                .map_err(|e| StoreError(format!("redis purge: {e}")));
             side.confirmed.forget(sid);
         }
+        // The local copy goes either way; a Redis failure is still reported.
         let msg = PurgeSession { session_id: sid.to_owned() };
-        self.store.send(msg).await.map_err(gone)?
+        self.store.send(msg).await.map_err(gone)??;
+        in_redis
     }
 
     /// Revokes every live session of a user; answers their ids.

@@ -30,10 +30,12 @@ use crate::health::{
     Watch,
 };
 use crate::messages::{
-    AckJournal, CoordinatorStats, Deliver, DeliverProbe, GetCoordinatorStats, GetStoreStats,
-    MirrorExpiry, MirrorRevokeUser, MirrorTomb, PendingJournal, RaiseEvent, Subscribe,
+    AckJournal, ConnectedSessions, CoordinatorStats, Deliver, DeliverProbe, GetCoordinatorStats,
+    GetStoreStats, MirrorExpiry, MirrorRevokeUser, MirrorTomb, PendingJournal, RaiseEvent,
+    SessionSource, Subscribe,
 };
 use crate::metrics::metrics;
+use crate::store::Lookup;
 
 /// The most subscribers held at once; a further subscription is refused with a warning.
 pub const MAX_SUBSCRIBERS: usize = 1024;
@@ -41,6 +43,8 @@ pub const MAX_SUBSCRIBERS: usize = 1024;
 pub const MAX_UNPUBLISHED: usize = 10_000;
 /// Journal entries replayed per round trip batch.
 pub const REPLAY_BATCH: usize = 1000;
+/// The longest session id a token can carry (docs/tokens.md rule 7).
+const MAX_TOKEN_ID_BYTES: usize = 256;
 /// Wait between two attempts to (re)subscribe to the bus.
 pub const BUS_RETRY: Duration = Duration::from_millis(250);
 /// How often the bus subscription's connection is pinged.
@@ -92,6 +96,7 @@ pub struct Coordinator {
     relayed: u64,
     redis: Option<RedisState>,
     watched: Vec<(&'static str, Recipient<Ping>)>,
+    sessions: Option<Recipient<ConnectedSessions>>,
 }
 
 /// The bus's wire format.
@@ -105,6 +110,11 @@ struct BusEnvelope {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct BreakerChanged(BreakerEvent);
+
+/// The bus subscription is (again) up.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BusSubscribed;
 
 /// A message arrived on the bus.
 #[derive(Message)]
@@ -123,6 +133,7 @@ impl Coordinator {
             relayed: 0,
             redis: None,
             watched: Vec::new(),
+            sessions: None,
         }
     }
 
@@ -371,6 +382,64 @@ impl Coordinator {
         }));
     }
 
+    /// After the bus was down, revocations made elsewhere may have been missed: every
+    /// connected session is looked up in Redis, and each one Redis holds as revoked gets a
+    /// local `session.revoked` (its sockets close with 4001) and a tombstone in the mirror.
+    /// Only tombstones count: a session Redis does not know may be one of this instance's own
+    /// writes still waiting for replay.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let (Some(r), Some(sessions)) = (self.redis.as_ref(), self.sessions.clone()) else {
+            return;
+        };
+        let side = r.cfg.side.clone();
+        let fut = async move {
+            let ids = tokio::time::timeout(ANSWER_TIMEOUT, sessions.send(ConnectedSessions))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let mut revoked = Vec::new();
+            for sid in ids {
+                let redis = side.redis.clone();
+                let now = now_seconds();
+                let id = sid.clone();
+                let lookup = async move { redis.get(&id, now).await };
+                match side.breaker.call(side.op_timeout, lookup).await {
+                    Ok(Lookup::Revoked) => revoked.push(sid),
+                    Ok(_) => {}
+                    // Redis is failing again: the next subscription reconciles.
+                    Err(_) => break,
+                }
+            }
+            revoked
+        };
+        ctx.spawn(fut.into_actor(self).map(|revoked, act, _ctx| {
+            if revoked.is_empty() {
+                return;
+            }
+            log::info!("{} connected sessions were revoked while the bus was down", revoked.len());
+            for sid in revoked {
+                if let Some(r) = act.redis.as_ref() {
+                    r.cfg.side.confirmed.forget(&sid);
+                    r.cfg.store.do_send(MirrorTomb {
+                        session_id: sid.clone(),
+                        until: now_seconds().saturating_add(r.cfg.max_ttl_seconds),
+                    });
+                }
+                act.next_seq += 1;
+                let event = AuthEvent {
+                    id: format!("{}-{}", act.instance_id, act.next_seq),
+                    event: EventKind::SessionRevoked,
+                    session_id: Some(sid),
+                    user_id: None,
+                    at_ms: now_millis(),
+                    data: serde_json::json!({ "reconciled": true }),
+                };
+                act.fan_out(Arc::new(event));
+            }
+        }));
+    }
+
     /// Publishes an event on the bus for the other instances only (the local subscribers got
     /// it when the write was taken), with a fresh id.
     fn announce(&mut self, msg: RaiseEvent, ctx: &mut Context<Self>) {
@@ -412,6 +481,8 @@ impl Coordinator {
 /// The bus event that announces a replayed revocation, if the entry is one.
 fn revocation_event(op: &JournalOp) -> Option<RaiseEvent> {
     match op {
+        // An id longer than any token can name (the self-test's) has no socket anywhere.
+        JournalOp::Tomb { session_id, .. } if session_id.len() > MAX_TOKEN_ID_BYTES => None,
         JournalOp::Tomb { session_id, user_id, .. } => Some(RaiseEvent {
             event: EventKind::SessionRevoked,
             session_id: Some(session_id.clone()),
@@ -486,6 +557,7 @@ async fn run_bus(addr: Addr<Coordinator>, side: RedisSide, bus_breaker: SharedBr
                 side.confirmed.clear();
                 side.bus_up.store(true, Ordering::Release);
                 log::info!("event bus subscribed");
+                addr.do_send(BusSubscribed);
                 let mut probe = stream.probe();
                 let mut tick = tokio::time::interval(BUS_PROBE);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -627,6 +699,22 @@ impl Handler<GetCoordinatorStats> for Coordinator {
             events_raised: self.raised.clone(),
             subscribers: self.subscribers.len(),
         })
+    }
+}
+
+impl Handler<BusSubscribed> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, _msg: BusSubscribed, ctx: &mut Context<Self>) {
+        self.reconcile(ctx);
+    }
+}
+
+impl Handler<SessionSource> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionSource, _ctx: &mut Context<Self>) {
+        self.sessions = Some(msg.0);
     }
 }
 

@@ -370,6 +370,17 @@ pub struct DeliverProbe {
     pub user_id: String,
 }
 
+/// WsGateway: the distinct session ids that have a live connection.
+#[derive(Message, Debug)]
+#[rtype(result = "Vec<String>")]
+pub struct ConnectedSessions;
+
+/// Coordinator: where to ask for the connected sessions when it must reconcile them with
+/// Redis (after its bus subscription was down: events may have been missed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionSource(pub Recipient<ConnectedSessions>);
+
 /// FallbackStore: forget a session id entirely (session and tombstone), durably. Only the
 /// self-test's own sessions are ever purged.
 #[derive(Message, Debug)]

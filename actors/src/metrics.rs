@@ -240,7 +240,10 @@ impl Metrics {
             self_tests: reg(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("sessiond_self_tests_total", "test-integration runs by outcome."),
+                    Opts::new(
+                        "sessiond_self_tests_total",
+                        "test-integration runs by outcome (passed, failed, refused: too many at once).",
+                    ),
                     &["status"],
                 ),
             ),

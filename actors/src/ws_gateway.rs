@@ -395,6 +395,18 @@ impl Handler<GetGatewayStats> for WsGateway {
     }
 }
 
+impl Handler<crate::messages::ConnectedSessions> for WsGateway {
+    type Result = MessageResult<crate::messages::ConnectedSessions>;
+
+    fn handle(
+        &mut self,
+        _msg: crate::messages::ConnectedSessions,
+        _ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        MessageResult(self.by_session.keys().map(|s| s.to_string()).collect())
+    }
+}
+
 /// The gateway is reported `degraded` from this share of `max_connections` on.
 const NEAR_FULL_SHARE: f64 = 0.9;
 

@@ -83,6 +83,20 @@ fn sigterm_exits_zero() {
 }
 
 #[test]
+fn sighup_is_logged_and_ignored() {
+    // No configuration reload: SIGHUP must neither stop the daemon (its default action would,
+    // without draining or flushing) nor change anything.
+    let mut d = Daemon::start(Config::default());
+    crate::harness::send_signal(d.pid(), libc::SIGHUP);
+    let logged = crate::harness::poll_until(std::time::Duration::from_secs(10), || {
+        d.stderr().contains("SIGHUP ignored").then_some(())
+    });
+    assert!(logged.is_some(), "no SIGHUP log line:\n{}", d.stderr());
+    d.get("/livez").send().expect_status(200);
+    assert_eq!(d.terminate().code(), Some(0));
+}
+
+#[test]
 fn sigterm_right_after_the_listening_line_exits_zero() {
     // The listening line is the readiness signal: a stop request from then on (systemd stopping
     // a unit that just became ready, a test harness) must be a clean, flushed exit 0.

@@ -208,3 +208,39 @@ fn ws_a_revocation_taken_while_degraded_reaches_other_instances_even_after_a_cra
     assert_eq!(b.validate(&t1).status, 401);
     assert_eq!(a.validate(&t1).status, 401);
 }
+
+#[test]
+fn ws_sockets_of_sessions_revoked_while_the_bus_was_down_are_closed_on_resubscription() {
+    // A revocation whose bus event this instance never heard (its subscription was down when
+    // it was published) is simulated by writing the tombstone straight into Redis; then the
+    // subscription is cut. On resubscribing, the instance looks its connected sessions up in
+    // Redis and closes the revoked one's socket; the other socket stays open.
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("ws-reconcile");
+    let b = Daemon::start(config(&redis, &prefix));
+    let t1 = token("u-1", "rc-1");
+    let t2 = token("u-2", "rc-2");
+    b.create_ok(&t1);
+    b.create_ok(&t2);
+    let (mut revoked, _) = open(&b, &t1);
+    let (mut bystander, _) = open(&b, &t2);
+    wait_bus_up(&b, "B at start");
+
+    let until = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap())
+        .as_secs()
+        + 3600;
+    redis.command(&["DEL", &format!("{prefix}:s:rc-1")]);
+    redis.command(&["SET", &format!("{prefix}:r:rc-1"), &until.to_string()]);
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+
+    let (messages, end) = revoked.until_close(Duration::from_secs(20));
+    assert!(
+        matches!(end, Incoming::Close(Some(4001), _)),
+        "expected 4001 after the reconciliation, got {end:?} after {messages:?}"
+    );
+    let event = messages.iter().find(|v| v["event"] == json!("session.revoked"));
+    assert_eq!(event.map(|v| v["session_id"].clone()), Some(json!("rc-1")), "{messages:?}");
+    assert_eq!(bystander.ping_barrier("the other session"), Vec::<Value>::new());
+    assert_eq!(b.validate(&t1).status, 401);
+    assert_eq!(b.validate(&t2).status, 200);
+}
