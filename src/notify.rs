@@ -113,11 +113,17 @@ pub async fn run_watchdog(notifier: Notifier, period: Duration, coordinator: Add
             }
             other => {
                 if !stalled_before {
-                    let who = match other {
-                        Ok(Ok(l)) => l.stalled.join(", "),
-                        _ => "coordinator".to_owned(),
+                    let why = match other {
+                        Ok(Ok(l)) => format!("{} did not answer", l.stalled.join(", ")),
+                        Ok(Err(_)) => "the coordinator has stopped".to_owned(),
+                        // The coordinator waits up to ANSWER_TIMEOUT per actor: with a short
+                        // period this bound may expire first, so no name is claimed here.
+                        Err(_) => format!(
+                            "the liveness check did not complete within {} ms (GET /livez names                              the actor)",
+                            bound.as_millis()
+                        ),
                     };
-                    log::error!("watchdog: not pinging systemd: {who} did not answer");
+                    log::error!("watchdog: not pinging systemd: {why}");
                 }
                 stalled_before = true;
             }

@@ -17,8 +17,10 @@ mod ws_client;
 
 mod cli;
 mod durability;
+mod health_routes;
 mod http;
 mod logs;
+mod notify;
 mod redis_cluster;
 mod redis_mode;
 mod redis_outage;

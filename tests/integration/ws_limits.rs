@@ -283,7 +283,6 @@ fn ws_sigterm_closes_every_socket_with_1001() {
 }
 
 #[test]
-#[ignore = "needs GET /metrics (sessiond_ws_connections), which is issue 5's"]
 fn ws_connections_gauge_follows_open_sockets() {
     let d = Daemon::start(Config::default());
     let t1 = session_token(&d, "u-1", "lc-1");
