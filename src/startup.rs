@@ -10,12 +10,13 @@ use actix_web::{App, HttpServer, web};
 use sessiond_actors::backend::{Backend, ConfirmCache, DegradedPolicy, ModeFlag, RedisSide};
 use sessiond_actors::breaker::{BreakerSettings, Clock, SharedBreaker, SystemClock};
 use sessiond_actors::coordinator::{Coordinator, CoordinatorRedis, random_instance_id};
+use sessiond_actors::domain::now_seconds;
 use sessiond_actors::fallback_store::FallbackStore;
 use sessiond_actors::health::Watch;
 use sessiond_actors::messages::{FlushStore, SessionSource, Subscribe};
 use sessiond_actors::redis_store::{RedisSettings, RedisStore};
 use sessiond_actors::session_validator::{Pipeline, SessionValidator, ValidatorSettings};
-use sessiond_actors::store::{StoreCore, StoreOptions};
+use sessiond_actors::store::{StoreCore, StoreOptions, StoreTuning};
 use sessiond_actors::token::{self, Verifier};
 use sessiond_actors::token_adapter::TokenAdapter;
 use sessiond_actors::ws_gateway::{GatewayLimits, WsGateway};
@@ -95,13 +96,16 @@ fn prepare(args: &ServeArgs) -> Result<Prepared, StartError> {
         .listen
         .parse()
         .map_err(|e| StartError(format!("config key server.listen: {e}")))?;
-    let (store, report) = StoreCore::open(StoreOptions {
+    let tuning =
+        StoreTuning { max_journal: config.fallback.max_journal_entries, ..StoreTuning::default() };
+    let options = StoreOptions {
         data_dir: data_dir.clone(),
         fsync: config.fsync_mode(),
         max_entries: config.fallback.max_entries,
         max_ttl_seconds: config.sessions.max_ttl_seconds,
-    })
-    .map_err(|e| StartError(format!("fallback store in {}: {e}", data_dir.display())))?;
+    };
+    let (store, report) = StoreCore::open_with(options, tuning, now_seconds())
+        .map_err(|e| StartError(format!("fallback store in {}: {e}", data_dir.display())))?;
     log::info!(
         "fallback store loaded from {}: {} sessions, {} revocations, {} records in {} ms{}",
         data_dir.display(),
@@ -167,7 +171,10 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     let token_adapter = TokenAdapter::new(Arc::clone(&p.verifier)).start();
     let gateway = WsGateway::new(
         instance_id.clone(),
-        GatewayLimits::default(),
+        GatewayLimits {
+            max_connections: config.ws.max_connections,
+            max_per_user: config.ws.max_connections_per_user,
+        },
         Some(coordinator.clone().recipient()),
     )
     .start();
@@ -248,6 +255,13 @@ async fn run(p: Prepared) -> Result<(), StartError> {
             .default_service(web::to(routes::not_found))
     })
     .workers(workers)
+    // actix counts connections per worker: the total is split evenly (rounded up).
+    .max_connections(config.server.max_connections.div_ceil(workers))
+    .client_request_timeout(Duration::from_millis(config.server.client_request_timeout_ms))
+    .keep_alive(match config.server.keep_alive_seconds {
+        0 => actix_web::http::KeepAlive::Disabled,
+        n => actix_web::http::KeepAlive::Timeout(Duration::from_secs(n)),
+    })
     .disable_signals()
     .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
     .bind(p.listen)

@@ -20,11 +20,25 @@ pub struct ServerConfig {
     pub workers: usize,
     /// The largest accepted request body.
     pub max_body_bytes: usize,
+    /// Extension: the most open HTTP connections (WebSockets included) in total; beyond it
+    /// new connections wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Extension: how long a client gets to send a request's head (slow clients get 408).
+    pub client_request_timeout_ms: u64,
+    /// Extension: how long an idle keep-alive connection is kept (0: no keep-alive).
+    pub keep_alive_seconds: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:8080".to_owned(), workers: 0, max_body_bytes: 65536 }
+        ServerConfig {
+            listen: "127.0.0.1:8080".to_owned(),
+            workers: 0,
+            max_body_bytes: 65536,
+            max_connections: 25_000,
+            client_request_timeout_ms: 5000,
+            keep_alive_seconds: 5,
+        }
     }
 }
 
@@ -188,6 +202,8 @@ pub struct FallbackConfig {
     pub fsync_interval_ms: u64,
     /// Extension: the most entries (sessions plus revocation tombstones) the store holds.
     pub max_entries: usize,
+    /// Extension: the most writes taken while degraded that wait for replay into Redis.
+    pub max_journal_entries: usize,
 }
 
 impl Default for FallbackConfig {
@@ -197,6 +213,7 @@ impl Default for FallbackConfig {
             fsync: FsyncPolicy::Interval,
             fsync_interval_ms: 1000,
             max_entries: 2_000_000,
+            max_journal_entries: 1_000_000,
         }
     }
 }
@@ -301,6 +318,10 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Outbound frames queued per connection before it is closed with 1013.
     pub outbound_queue: usize,
+    /// Extension: the most WebSocket connections held (beyond: 503 `too_many_connections`).
+    pub max_connections: usize,
+    /// Extension: the most WebSocket connections of one user (beyond: 429).
+    pub max_connections_per_user: usize,
 }
 
 impl Default for WsConfig {
@@ -314,6 +335,8 @@ impl Default for WsConfig {
             client_timeout_seconds: 45,
             max_message_bytes: 4096,
             outbound_queue: 256,
+            max_connections: 20_000,
+            max_connections_per_user: 100,
         }
     }
 }

@@ -15,7 +15,17 @@ pub(super) enum Kind {
 use Kind::{Bool, Int, Str, StrList, TableList};
 
 pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
-    ("server", &[("listen", Str), ("workers", Int), ("max_body_bytes", Int)]),
+    (
+        "server",
+        &[
+            ("listen", Str),
+            ("workers", Int),
+            ("max_body_bytes", Int),
+            ("max_connections", Int),
+            ("client_request_timeout_ms", Int),
+            ("keep_alive_seconds", Int),
+        ],
+    ),
     (
         "tokens",
         &[
@@ -32,7 +42,13 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
     ("sessions", &[("redis_url", Str), ("key_prefix", Str), ("max_ttl_seconds", Int)]),
     (
         "fallback",
-        &[("data_dir", Str), ("fsync", Str), ("fsync_interval_ms", Int), ("max_entries", Int)],
+        &[
+            ("data_dir", Str),
+            ("fsync", Str),
+            ("fsync_interval_ms", Int),
+            ("max_entries", Int),
+            ("max_journal_entries", Int),
+        ],
     ),
     (
         "breaker",
@@ -56,6 +72,8 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("client_timeout_seconds", Int),
             ("max_message_bytes", Int),
             ("outbound_queue", Int),
+            ("max_connections", Int),
+            ("max_connections_per_user", Int),
         ],
     ),
 ];

@@ -38,6 +38,12 @@ impl Config {
                 ),
             ));
         }
+        if s.max_connections == 0 {
+            return Err(err("server.max_connections", "must be at least 1"));
+        }
+        if s.client_request_timeout_ms == 0 {
+            return Err(err("server.client_request_timeout_ms", "must be at least 1"));
+        }
 
         // [tokens]
         let t = &self.tokens;
@@ -151,6 +157,9 @@ impl Config {
         if fb.max_entries == 0 {
             return Err(err("fallback.max_entries", "must be at least 1"));
         }
+        if fb.max_journal_entries == 0 {
+            return Err(err("fallback.max_journal_entries", "must be at least 1"));
+        }
 
         // [breaker]
         let b = &self.breaker;
@@ -212,6 +221,15 @@ impl Config {
         }
         if w.outbound_queue == 0 {
             return Err(err("ws.outbound_queue", "must be at least 1"));
+        }
+        if w.max_connections == 0 {
+            return Err(err("ws.max_connections", "must be at least 1"));
+        }
+        if w.max_connections_per_user == 0 || w.max_connections_per_user > w.max_connections {
+            return Err(err(
+                "ws.max_connections_per_user",
+                format!("must be from 1 to ws.max_connections ({})", w.max_connections),
+            ));
         }
         Ok(())
     }

@@ -196,6 +196,29 @@ fn check_config_refuses_bad_configs_naming_the_key() {
         ),
         ("no key at all", Config::default().unset("tokens.hmac_secret"), &["hmac_secret", "key"]),
         ("wrong type for keys", Config::default().set_str("api.keys", API_KEY), &["keys"]),
+        (
+            "no connections allowed",
+            Config::default().set("server.max_connections", "0"),
+            &["server.max_connections"],
+        ),
+        (
+            "no head timeout",
+            Config::default().set("server.client_request_timeout_ms", "0"),
+            &["server.client_request_timeout_ms"],
+        ),
+        (
+            "empty journal",
+            Config::default().set("fallback.max_journal_entries", "0"),
+            &["fallback.max_journal_entries"],
+        ),
+        ("no sockets", Config::default().set("ws.max_connections", "0"), &["ws.max_connections"]),
+        (
+            "per-user over the total",
+            Config::default()
+                .set("ws.max_connections", "10")
+                .set("ws.max_connections_per_user", "11"),
+            &["ws.max_connections_per_user"],
+        ),
     ];
     let mut failures = Vec::new();
     for (name, config, needles) in cases {

@@ -232,6 +232,48 @@ fn daemon_kill9_while_degraded_replays_its_journal_after_restart() {
 }
 
 #[test]
+fn a_full_journal_refuses_writes_with_503_and_loses_none_it_took() {
+    // fallback.max_journal_entries bounds the degraded-mode backlog. When it is full, writes
+    // (revocations included) are refused with 503 store_unavailable instead of being taken and
+    // dropped; validations keep working; what was taken is replayed when Redis returns.
+    let mut redis = RedisServer::start();
+    let prefix = unique_prefix("journal-full");
+    let config = redis_config(&redis, &prefix, "jwt_only").set("fallback.max_journal_entries", "2");
+    let a = Daemon::start(config.clone());
+    let probe = token("u-0", "jf-probe");
+    let victim = token("u-9", "jf-victim");
+    a.create_ok(&probe);
+    a.create_ok(&victim);
+
+    redis.kill9();
+    wait_for_mode(&a, &probe, "degraded");
+    let t1 = token("u-1", "jf-1");
+    let t2 = token("u-2", "jf-2");
+    a.create(&t1).expect_status(201);
+    a.create(&t2).expect_status(201);
+    a.create(&token("u-3", "jf-3")).expect_error(503, "store_unavailable");
+    a.revoke("jf-victim").expect_error(503, "store_unavailable");
+    let health = a.get("/api/integration-health/fallback-session-provider").send().json();
+    assert_eq!(health["status"], json!("degraded"), "{health}");
+    assert_eq!(health["details"]["journal_backlog"], json!(2), "{health}");
+    // Reads still answer, and the refused revocation did not happen.
+    expect_valid(&a.validate(&t1), "degraded", "jf-1");
+    expect_valid(&a.validate(&victim), "degraded", "jf-victim");
+
+    redis.restart();
+    wait_for_mode(&a, &t1, "normal");
+    let c = Daemon::start(config);
+    assert_now("fresh instance, taken while full-but-one", || {
+        check_normal(&c.validate(&t2), "jf-2")
+    });
+    // With room again, the refused revocation can be made.
+    a.revoke("jf-victim").expect_status(200);
+    assert_now("revoked after recovery", || {
+        c.validate(&victim).check_error(401, "session_revoked")
+    });
+}
+
+#[test]
 fn revoke_all_during_an_outage_reaches_sessions_this_instance_never_saw() {
     // "No logout is ever lost": a user's log-out-everywhere taken while degraded also revokes,
     // once replayed, the user's session that another instance created and this one never saw.

@@ -299,3 +299,26 @@ fn ws_connections_gauge_follows_open_sockets() {
     b.close();
     wait_ws_connections(&d, 0.0, limit);
 }
+
+#[test]
+fn ws_admission_limits_come_from_the_configuration() {
+    let d = Daemon::start(
+        Config::default().set("ws.max_connections", "3").set("ws.max_connections_per_user", "2"),
+    );
+    let a1 = session_token(&d, "u-1", "al-1");
+    let a2 = session_token(&d, "u-1", "al-2");
+    let a3 = session_token(&d, "u-1", "al-3");
+    let b1 = session_token(&d, "u-2", "al-4");
+    let c1 = session_token(&d, "u-3", "al-5");
+    let _one = open(&d, &a1);
+    let _two = open(&d, &a2);
+    // A third socket of u-1: over the per-user limit.
+    WsRequest::new(&d).bearer(&a3).expect_refused(429, "too_many_connections");
+    let _three = open(&d, &b1);
+    // A fourth socket in all: over the instance's limit.
+    WsRequest::new(&d).bearer(&c1).expect_refused(503, "too_many_connections");
+    let health = d.get("/api/integration-health/websocket-auth-gateway").send().json();
+    assert_eq!(health["details"]["max_connections"], json!(3), "{health}");
+    assert_eq!(health["details"]["max_connections_per_user"], json!(2), "{health}");
+    assert_eq!(health["status"], json!("degraded"), "3 of 3 is past 90 %: {health}");
+}
