@@ -124,7 +124,8 @@ impl SelfTest {
             expires_at: now + SESSION_TTL,
             attributes: Default::default(),
         };
-        let backend = &pipeline.backend;
+        // Unjournaled: what the fallback store takes for the self-test is never replayed.
+        let backend = &pipeline.backend.unjournaled();
         let t = Instant::now();
         let created = match backend.create(new, now).await {
             Ok(a) => match a.value {

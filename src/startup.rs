@@ -196,6 +196,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
             reader,
             redis,
             max_ttl_seconds: config.sessions.max_ttl_seconds,
+            journal_writes: true,
         },
         events: coordinator.clone().recipient(),
         settings: ValidatorSettings {

@@ -470,7 +470,13 @@ mod tests {
         .unwrap();
         let pipeline = Arc::new(Pipeline {
             verifier: Arc::new(verifier),
-            backend: Backend { store, reader, redis: None, max_ttl_seconds: 3600 },
+            backend: Backend {
+                store,
+                reader,
+                redis: None,
+                max_ttl_seconds: 3600,
+                journal_writes: true,
+            },
             events: coordinator.recipient(),
             settings: ValidatorSettings {
                 max_ttl_seconds: 3600,

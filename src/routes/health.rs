@@ -79,6 +79,9 @@ pub async fn overall(
     ops: web::Data<Operations>,
     validator: web::Data<Addr<SessionValidator>>,
 ) -> HttpResponse {
+    // The mode is read once, before the components answer: the coordinator's details, taken
+    // after, can only be as new or newer.
+    let degraded = ops.degraded();
     let answers = futures_util::future::join_all(
         Component::ALL.into_iter().map(|c| ops.component(c, &validator)),
     )
@@ -91,7 +94,7 @@ pub async fn overall(
     }
     let body = json!({
         "status": status,
-        "mode": if ops.degraded() { "degraded" } else { "normal" },
+        "mode": if degraded { "degraded" } else { "normal" },
         "instance_id": ops.instance_id,
         "timestamp": now_seconds(),
         "components": components,
