@@ -161,18 +161,24 @@ impl Coordinator {
         });
     }
 
-    fn raise(&mut self, msg: RaiseEvent, ctx: &mut Context<Self>) {
+    /// The event `msg` describes, with the next event id of this instance.
+    fn new_event(&mut self, msg: RaiseEvent) -> AuthEvent {
         self.next_seq += 1;
-        let event = AuthEvent {
+        AuthEvent {
             id: format!("{}-{}", self.instance_id, self.next_seq),
             event: msg.event,
             session_id: msg.session_id,
             user_id: msg.user_id,
             at_ms: now_millis(),
             data: msg.data,
-        };
-        *self.raised.entry(msg.event.as_str().to_owned()).or_insert(0) += 1;
-        metrics().events_published.with_label_values(&[msg.event.as_str()]).inc();
+        }
+    }
+
+    fn raise(&mut self, msg: RaiseEvent, ctx: &mut Context<Self>) {
+        let kind = msg.event;
+        let event = self.new_event(msg);
+        *self.raised.entry(kind.as_str().to_owned()).or_insert(0) += 1;
+        metrics().events_published.with_label_values(&[kind.as_str()]).inc();
         log::debug!("event {} {}", event.id, event.event.as_str());
         let event = Arc::new(event);
         if crosses_instances(event.event) {
@@ -426,15 +432,12 @@ impl Coordinator {
                         until: now_seconds().saturating_add(r.cfg.max_ttl_seconds),
                     });
                 }
-                act.next_seq += 1;
-                let event = AuthEvent {
-                    id: format!("{}-{}", act.instance_id, act.next_seq),
+                let event = act.new_event(RaiseEvent {
                     event: EventKind::SessionRevoked,
                     session_id: Some(sid),
                     user_id: None,
-                    at_ms: now_millis(),
                     data: serde_json::json!({ "reconciled": true }),
-                };
+                });
                 act.fan_out(Arc::new(event));
             }
         }));
@@ -443,15 +446,7 @@ impl Coordinator {
     /// Publishes an event on the bus for the other instances only (the local subscribers got
     /// it when the write was taken), with a fresh id.
     fn announce(&mut self, msg: RaiseEvent, ctx: &mut Context<Self>) {
-        self.next_seq += 1;
-        let event = AuthEvent {
-            id: format!("{}-{}", self.instance_id, self.next_seq),
-            event: msg.event,
-            session_id: msg.session_id,
-            user_id: msg.user_id,
-            at_ms: now_millis(),
-            data: msg.data,
-        };
+        let event = self.new_event(msg);
         self.publish(&event, ctx);
     }
 
@@ -768,15 +763,12 @@ impl Handler<DeliverProbe> for Coordinator {
     type Result = Result<String, String>;
 
     fn handle(&mut self, msg: DeliverProbe, _ctx: &mut Context<Self>) -> Self::Result {
-        self.next_seq += 1;
-        let event = AuthEvent {
-            id: format!("{}-{}", self.instance_id, self.next_seq),
+        let event = self.new_event(RaiseEvent {
             event: EventKind::SessionRevoked,
             session_id: Some(msg.session_id),
             user_id: Some(msg.user_id),
-            at_ms: now_millis(),
             data: serde_json::json!({ "self_test": true }),
-        };
+        });
         let id = event.id.clone();
         msg.to.try_send(Deliver(Arc::new(event))).map_err(|e| format!("delivery failed: {e}"))?;
         Ok(id)

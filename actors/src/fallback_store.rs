@@ -21,7 +21,7 @@ use actix::prelude::*;
 
 use crate::domain::JournalEntry;
 use crate::domain::now_seconds;
-use crate::health::{CheckHealth, ComponentHealth, HealthStatus, Ping};
+use crate::health::{CheckHealth, ComponentHealth, Ping};
 use crate::messages::{
     AckJournal, CreateSession, FlushStore, GetStoreStats, MirrorExpiry, MirrorPut,
     MirrorRevokeUser, MirrorTomb, PendingJournal, PurgeSession, RefreshSession, RevokeSession,
@@ -136,17 +136,10 @@ impl Handler<CheckHealth> for FallbackStore {
         let now_ms = crate::domain::now_millis();
         let journal_full =
             s.journal_max > 0 && s.journal_len as f64 >= s.journal_max as f64 * JOURNAL_WARN_SHARE;
-        let (status, problem) = if !s.log_healthy {
-            (HealthStatus::Unhealthy, Some("the log cannot be written: writes are refused"))
-        } else if journal_full {
-            (HealthStatus::Degraded, Some("the degraded-mode journal is nearly full"))
-        } else {
-            (HealthStatus::Healthy, None)
-        };
-        MessageResult(ComponentHealth::new(
-            status,
+        MessageResult(ComponentHealth::judge(
+            (!s.log_healthy).then_some("the log cannot be written: writes are refused"),
+            journal_full.then_some("the degraded-mode journal is nearly full"),
             serde_json::json!({
-                "problem": problem,
                 "sessions_held": s.live_sessions,
                 "revocations_held": s.tombstones,
                 "users": s.users,

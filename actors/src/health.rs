@@ -36,6 +36,23 @@ impl ComponentHealth {
     pub fn new(status: HealthStatus, details: serde_json::Value) -> Self {
         ComponentHealth { status, details }
     }
+
+    /// Judged by the worst problem: `unhealthy` when `unhealthy` names one, else `degraded`
+    /// when `degraded` does, else `healthy`. The reason goes into `details` (an object) as
+    /// `problem`, `null` when healthy.
+    pub fn judge(
+        unhealthy: Option<&str>,
+        degraded: Option<&str>,
+        mut details: serde_json::Value,
+    ) -> Self {
+        let (status, problem) = match (unhealthy, degraded) {
+            (Some(p), _) => (HealthStatus::Unhealthy, Some(p)),
+            (None, Some(p)) => (HealthStatus::Degraded, Some(p)),
+            (None, None) => (HealthStatus::Healthy, None),
+        };
+        details["problem"] = serde_json::json!(problem);
+        ComponentHealth { status, details }
+    }
 }
 
 /// Asks an actor for its health.
@@ -166,6 +183,20 @@ mod tests {
             assert_eq!(c.key(), c.path().replace('-', "_"));
         }
         assert_eq!(Component::from_path("circuit-breaker-status"), None);
+    }
+
+    #[test]
+    fn judged_by_the_worst_problem() {
+        let h = ComponentHealth::judge(Some("down"), Some("slow"), serde_json::json!({"n": 1}));
+        assert_eq!(
+            (h.status, h.details["problem"].as_str()),
+            (HealthStatus::Unhealthy, Some("down"))
+        );
+        let h = ComponentHealth::judge(None, Some("slow"), serde_json::json!({}));
+        assert_eq!(h.status, HealthStatus::Degraded);
+        let h = ComponentHealth::judge(None, None, serde_json::json!({"n": 1}));
+        assert_eq!((h.status, h.details["problem"].is_null()), (HealthStatus::Healthy, true));
+        assert_eq!(h.details["n"], 1);
     }
 
     #[test]

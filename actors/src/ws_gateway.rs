@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::health::{CheckHealth, ComponentHealth, HealthStatus, Ping};
+use crate::health::{CheckHealth, ComponentHealth, Ping};
 
 use crate::domain::{AuthEvent, EventKind};
 use crate::messages::{
@@ -416,17 +416,11 @@ impl Handler<CheckHealth> for WsGateway {
     fn handle(&mut self, _msg: CheckHealth, _ctx: &mut Context<Self>) -> Self::Result {
         let s = self.stats();
         let max = self.limits.max_connections;
-        let (status, problem) = if s.shutting_down {
-            (HealthStatus::Unhealthy, Some("shutting down: no connection is admitted"))
-        } else if s.connections as f64 >= max as f64 * NEAR_FULL_SHARE {
-            (HealthStatus::Degraded, Some("near the connection limit"))
-        } else {
-            (HealthStatus::Healthy, None)
-        };
-        MessageResult(ComponentHealth::new(
-            status,
+        let near_full = s.connections as f64 >= max as f64 * NEAR_FULL_SHARE;
+        MessageResult(ComponentHealth::judge(
+            s.shutting_down.then_some("shutting down: no connection is admitted"),
+            near_full.then_some("near the connection limit"),
             serde_json::json!({
-                "problem": problem,
                 "connections": s.connections,
                 "sessions": s.sessions,
                 "users": s.users,
