@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{Config, Daemon, Resp, poll_until, send_signal};
-use crate::redis_server::{RedisServer, redis_config, token, unique_prefix};
+use crate::redis_server::{RedisServer, steady_redis_config, token, unique_prefix};
 use crate::tokens::now;
 use crate::ws_client::WsRequest;
 
@@ -285,7 +285,7 @@ fn scan(redis: &RedisServer, pattern: &str) -> Vec<String> {
 /// A daemon on this Redis (the harness's fast breaker settings), once its health is healthy
 /// (the event bus is subscribed and both breakers are closed).
 fn redis_daemon(redis: &RedisServer, prefix: &str) -> Daemon {
-    let d = Daemon::start(redis_config(redis, prefix, "jwt_only"));
+    let d = Daemon::start(steady_redis_config(redis, prefix));
     wait_overall(&d, "healthy at start", |v| v["status"] == json!("healthy"));
     d
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::harness::{BIN, Config, Daemon, DaemonBuilder, Resp, poll_until, send_signal};
-use crate::redis_server::{RedisServer, redis_config, unique_prefix};
+use crate::redis_server::{RedisServer, steady_redis_config, unique_prefix};
 use crate::ws_client::{FRAME_TIMEOUT, Incoming, V1, WsRequest, session_token};
 
 /// How long the first datagram (`READY=1`) may take after the listening line.
@@ -405,7 +405,7 @@ fn notify_status_follows_redis_outage_and_recovery() {
     let mut redis = RedisServer::start();
     let prefix = unique_prefix("notify");
     let sock = NotifySocket::bind_path();
-    let _d = notified(redis_config(&redis, &prefix, "jwt_only"), &sock).start();
+    let _d = notified(steady_redis_config(&redis, &prefix), &sock).start();
     let ready = sock.expect_ready();
     assert!(
         status_of(&ready).is_some_and(|s| s.contains("Redis")),

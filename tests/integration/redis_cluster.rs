@@ -36,8 +36,8 @@ fn wait_refused(d: &Daemon, tok: &str, what: &str) -> Duration {
 fn two_instances_on_one_redis_agree_on_sessions_and_revocations() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("pair");
-    let a = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
-    let b = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
+    let a = Daemon::start(steady_redis_config(&redis, &prefix));
+    let b = Daemon::start(steady_redis_config(&redis, &prefix));
 
     // Create on A, validate on B.
     let t1 = token("u-1", "p-1");
@@ -113,8 +113,8 @@ fn events_go_through_the_redis_channel_with_ids_unique_across_instances() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("events");
     let sub = redis.subscribe(&events_channel(&prefix));
-    let a = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
-    let b = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
+    let a = Daemon::start(steady_redis_config(&redis, &prefix));
+    let b = Daemon::start(steady_redis_config(&redis, &prefix));
 
     let s = |x: &str| Some(x.to_string());
     // Each instance raises each kind of event, several times, so that two instances'
@@ -202,8 +202,8 @@ fn revocations_still_cross_instances_after_redis_restarts() {
     // point is the event bus, not the replay).
     let mut redis = RedisServer::start_durable();
     let prefix = unique_prefix("bus-reconnect");
-    let a = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
-    let b = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
+    let a = Daemon::start(steady_redis_config(&redis, &prefix));
+    let b = Daemon::start(steady_redis_config(&redis, &prefix));
     let t1 = token("u-1", "br-1");
     let t2 = token("u-1", "br-2");
     a.create_ok(&t1);

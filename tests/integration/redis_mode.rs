@@ -34,7 +34,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 fn every_route_in_redis_mode_keeps_its_data_in_redis() {
     let redis = RedisServer::start();
     let prefix = unique_prefix("routes");
-    let a = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
+    let a = Daemon::start(steady_redis_config(&redis, &prefix));
 
     // Create: 201, then 200 with the stored session.
     let t1 = token("u-1", "r-1");
@@ -95,7 +95,7 @@ fn every_route_in_redis_mode_keeps_its_data_in_redis() {
     a.refresh("r-never", json!({})).expect_error(404, "session_not_found");
 
     // A fresh instance (empty data dir) on the same Redis and prefix sees all of it.
-    let b = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
+    let b = Daemon::start(steady_redis_config(&redis, &prefix));
     assert_eq!(b.get_session("r-1").expect_status(200).json(), json!({"session": refreshed}));
     expect_valid(&b.validate(&t1), "normal", "r-1");
     expect_valid(&b.validate(&t3), "normal", "r-3");
@@ -121,7 +121,7 @@ fn every_route_in_redis_mode_keeps_its_data_in_redis() {
     expect_valid(&a.validate(&t_other), "normal", "r-other");
 
     // Another prefix on the same Redis is another deployment: it sees none of it.
-    let c = Daemon::start(redis_config(&redis, &unique_prefix("routes-other"), "jwt_only"));
+    let c = Daemon::start(steady_redis_config(&redis, &unique_prefix("routes-other")));
     c.get_session("r-other").expect_error(404, "session_not_found");
     c.validate(&t_other).expect_error(401, "session_not_found");
 
@@ -134,8 +134,8 @@ fn a_session_created_on_one_instance_is_refreshed_on_a_fresh_one() {
     // Writes through one instance land in Redis where the other reads them back at once.
     let redis = RedisServer::start();
     let prefix = unique_prefix("refresh");
-    let a = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
-    let b = Daemon::start(redis_config(&redis, &prefix, "jwt_only"));
+    let a = Daemon::start(steady_redis_config(&redis, &prefix));
+    let b = Daemon::start(steady_redis_config(&redis, &prefix));
     let tok = token("u-7", "x-1");
     a.create_with(json!({"token": tok, "ttl_seconds": 300})).expect_status(201);
     let s =
