@@ -41,6 +41,16 @@ impl ApiError {
         )
     }
 
+    /// A request not handled within `server.request_timeout_ms` (its body too slow): 408,
+    /// code `request_timeout` (an extension of the contract's codes).
+    pub fn request_timeout(deadline: std::time::Duration) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request was not complete within {} ms", deadline.as_millis()),
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

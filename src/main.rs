@@ -14,7 +14,12 @@ mod startup;
 mod ws;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // actix-http logs every malformed request head from a client at ERROR: by default those
+    // are silenced, so a client cannot flood the log (RUST_LOG overrides this).
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,actix_http::h1::dispatcher=off"),
+    )
+    .init();
     let code = match cli::parse() {
         cli::Command::Serve(a) => startup::serve(&a),
         cli::Command::CheckConfig(a) => config::run_check_config(a.config.as_deref()),

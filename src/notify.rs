@@ -135,8 +135,17 @@ pub async fn run_watchdog(notifier: Notifier, period: Duration, coordinator: Add
 /// events; only `service.degraded` and `service.recovered` matter to it).
 pub struct ModeStatus(pub Notifier);
 
+/// ModeStatus's mailbox: it hears every auth event (it ignores all but `service.*`), and the
+/// Coordinator drops events for a subscriber whose mailbox is full; actix's default of 16
+/// overflowed under load and could have lost a mode change.
+const MODE_STATUS_MAILBOX: usize = 65_536;
+
 impl actix::Actor for ModeStatus {
     type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut actix::Context<Self>) {
+        ctx.set_mailbox_capacity(MODE_STATUS_MAILBOX);
+    }
 }
 
 impl actix::Handler<Deliver> for ModeStatus {

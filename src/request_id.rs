@@ -6,12 +6,13 @@ use std::future::{Ready, ready};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::Error;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{ConnectionType, StatusCode};
 use futures_util::future::LocalBoxFuture;
 use sessiond_actors::metrics::metrics;
 
@@ -48,11 +49,14 @@ pub fn acceptable(id: &str) -> bool {
 pub struct RequestIds {
     ids: Arc<IdSource>,
     body_limit: usize,
+    deadline: Duration,
 }
 
 impl RequestIds {
-    pub fn new(ids: Arc<IdSource>, body_limit: usize) -> Self {
-        RequestIds { ids, body_limit }
+    /// `deadline` bounds each request's handling, its body included
+    /// (`server.request_timeout_ms`); a WebSocket only until its upgrade is answered.
+    pub fn new(ids: Arc<IdSource>, body_limit: usize, deadline: Duration) -> Self {
+        RequestIds { ids, body_limit, deadline }
     }
 }
 
@@ -72,6 +76,7 @@ where
             service: Rc::new(service),
             ids: Arc::clone(&self.ids),
             body_limit: self.body_limit,
+            deadline: self.deadline,
         }))
     }
 }
@@ -80,6 +85,7 @@ pub struct RequestIdMiddleware<S> {
     service: Rc<S>,
     ids: Arc<IdSource>,
     body_limit: usize,
+    deadline: Duration,
 }
 
 impl<S, B> Service<ServiceRequest> for RequestIdMiddleware<S>
@@ -104,8 +110,25 @@ where
         let started = Instant::now();
         let service = Rc::clone(&self.service);
         let body_limit = self.body_limit;
+        let deadline = self.deadline;
+        // actix's router decodes the path lossily (invalid UTF-8 becomes U+FFFD), which would
+        // let different ids name one session: such a path is refused before routing.
+        let bad_path = !decodes_to_utf8(req.uri().path());
         Box::pin(async move {
-            let res = match service.call(req).await {
+            if bad_path {
+                let api = ApiError::bad_request("the path is not valid UTF-8 once percent-decoded");
+                return Err(refused(api, &id, false));
+            }
+            let called = match actix_rt::time::timeout(deadline, service.call(req)).await {
+                Ok(called) => called,
+                // A body that trickles or stalls must not hold the connection (and a slot of
+                // server.max_connections) forever: actix-http has no body timer.
+                Err(_) => {
+                    log::debug!("request {id}: not done within {} ms", deadline.as_millis());
+                    return Err(refused(ApiError::request_timeout(deadline), &id, true));
+                }
+            };
+            let res = match called {
                 Ok(res) => res,
                 // An error before a response existed: answer it here, never as a bare 500.
                 Err(e) => {
@@ -141,6 +164,10 @@ where
             if let Ok(v) = HeaderValue::from_str(&id) {
                 res.headers_mut().insert(HEADER, v);
             }
+            if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                // The rest of the body was not read: close instead of draining it.
+                res.response_mut().head_mut().set_connection_type(ConnectionType::Close);
+            }
             let took = started.elapsed().as_secs_f64();
             let head = res.request();
             // The route's pattern, never the raw path: the label set stays bounded.
@@ -162,6 +189,36 @@ where
     }
 }
 
+/// Whether `path` percent-decodes to valid UTF-8 (a `%` not followed by two hex digits is
+/// kept as it is, as the router does).
+fn decodes_to_utf8(path: &str) -> bool {
+    if !path.contains('%') {
+        return true;
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                // Two hex digits: at most 0xff, so the cast cannot truncate.
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
+}
+
 /// The method as a metric label; methods outside the standard set share `other`.
 fn method_label(m: &actix_web::http::Method) -> &'static str {
     use actix_web::http::Method as M;
@@ -177,6 +234,16 @@ fn method_label(m: &actix_web::http::Method) -> &'static str {
     }
 }
 
+/// An answer made here instead of by the routes (the request is not routed, or its handling
+/// was abandoned), as an error actix sends as it is; `close`: the connection is not reused.
+fn refused(api: ApiError, id: &str, close: bool) -> Error {
+    let mut res = with_id(api.render(id), id);
+    if close {
+        res.head_mut().set_connection_type(ConnectionType::Close);
+    }
+    actix_web::error::InternalError::from_response(api.message.clone(), res).into()
+}
+
 fn with_id(mut res: actix_web::HttpResponse, id: &str) -> actix_web::HttpResponse {
     if let Ok(v) = HeaderValue::from_str(id) {
         res.headers_mut().insert(HEADER, v);
@@ -187,6 +254,18 @@ fn with_id(mut res: actix_web::HttpResponse, id: &str) -> actix_web::HttpRespons
 #[cfg(test)]
 mod tests {
     use super::acceptable;
+
+    #[test]
+    fn paths_must_decode_to_utf8() {
+        use super::decodes_to_utf8;
+        assert!(decodes_to_utf8("/api/v1/sessions/s-1"));
+        assert!(decodes_to_utf8("/api/v1/sessions/%C3%A9t%C3%A9"));
+        assert!(decodes_to_utf8("/api/v1/sessions/100%"));
+        assert!(decodes_to_utf8("/api/v1/sessions/%zz"));
+        assert!(!decodes_to_utf8("/api/v1/sessions/%FF%FE"));
+        assert!(!decodes_to_utf8("/api/v1/sessions/%80%80"));
+        assert!(!decodes_to_utf8("/api/v1/sessions/%C0%AF"));
+    }
 
     #[test]
     fn client_ids_are_checked() {

@@ -209,6 +209,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         },
     });
     let max_body = config.server.max_body_bytes;
+    let request_deadline = Duration::from_millis(config.server.request_timeout_ms);
     let api_keys = web::Data::new(p.api_keys);
     let settings = web::Data::new(HttpSettings { cookie_name: config.ws.cookie_name.clone() });
     let readiness = Readiness::default();
@@ -250,7 +251,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
             .app_data(coordinator_data.clone())
             .app_data(ws_state.clone())
             .app_data(web::PayloadConfig::new(max_body))
-            .wrap(RequestIds::new(Arc::clone(&ids), max_body))
+            .wrap(RequestIds::new(Arc::clone(&ids), max_body, request_deadline))
             .route(&ws_path, web::get().to(ws::handshake::upgrade))
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))

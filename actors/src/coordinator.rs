@@ -72,6 +72,11 @@ struct RedisState {
     unpublished: VecDeque<Vec<u8>>,
     /// Journal entries waiting for replay, as of the last probe tick.
     pending: usize,
+    /// A reconciliation of the connected sessions is owed (the bus came back) and has not
+    /// completed yet: retried on every probe tick until Redis answers it.
+    reconcile_owed: bool,
+    /// A reconciliation is running.
+    reconciling: bool,
     /// The last replay attempt's outcome, for health.
     last_replay: Option<ReplayReport>,
 }
@@ -145,6 +150,8 @@ impl Coordinator {
             replaying: false,
             unpublished: VecDeque::new(),
             pending: 0,
+            reconcile_owed: false,
+            reconciling: false,
             last_replay: None,
         });
         c
@@ -296,6 +303,10 @@ impl Coordinator {
         ctx.spawn(fut.into_actor(self).map(move |(pinged, pending), act, ctx| {
             let Some(r) = act.redis.as_mut() else { return };
             r.pending = pending;
+            if pinged && r.reconcile_owed && !r.reconciling {
+                act.reconcile(ctx);
+            }
+            let Some(r) = act.redis.as_mut() else { return };
             let degraded = r.cfg.side.mode.is_degraded();
             let closed = r.cfg.side.breaker.state() == BreakerState::Closed;
             // Read now, not when the probe started: two ticks may overlap.
@@ -394,9 +405,14 @@ impl Coordinator {
     /// Only tombstones count: a session Redis does not know may be one of this instance's own
     /// writes still waiting for replay.
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        let (Some(r), Some(sessions)) = (self.redis.as_ref(), self.sessions.clone()) else {
+        let (Some(r), Some(sessions)) = (self.redis.as_mut(), self.sessions.clone()) else {
             return;
         };
+        r.reconcile_owed = true;
+        if r.reconciling {
+            return;
+        }
+        r.reconciling = true;
         let side = r.cfg.side.clone();
         let fut = async move {
             let ids = tokio::time::timeout(ANSWER_TIMEOUT, sessions.send(ConnectedSessions))
@@ -405,6 +421,7 @@ impl Coordinator {
                 .and_then(Result::ok)
                 .unwrap_or_default();
             let mut revoked = Vec::new();
+            let mut complete = true;
             for sid in ids {
                 let redis = side.redis.clone();
                 let now = now_seconds();
@@ -413,13 +430,22 @@ impl Coordinator {
                 match side.breaker.call(side.op_timeout, lookup).await {
                     Ok(Lookup::Revoked) => revoked.push(sid),
                     Ok(_) => {}
-                    // Redis is failing again: the next subscription reconciles.
-                    Err(_) => break,
+                    // Redis is failing (or its breaker is open): retried on the next tick.
+                    Err(_) => {
+                        complete = false;
+                        break;
+                    }
                 }
             }
-            revoked
+            (revoked, complete)
         };
-        ctx.spawn(fut.into_actor(self).map(|revoked, act, _ctx| {
+        ctx.spawn(fut.into_actor(self).map(|(revoked, complete), act, _ctx| {
+            if let Some(r) = act.redis.as_mut() {
+                r.reconciling = false;
+                if complete {
+                    r.reconcile_owed = false;
+                }
+            }
             if revoked.is_empty() {
                 return;
             }

@@ -306,14 +306,15 @@ impl Pipeline {
         check_id("session id", &session_id)?;
         let outcome =
             self.backend.revoke(&session_id, now_seconds()).await.map_err(Failure::Store)?.value;
-        if outcome.newly_revoked {
-            self.raise(
-                EventKind::SessionRevoked,
-                Some(session_id),
-                outcome.user_id,
-                serde_json::json!({}),
-            );
-        }
+        // Every acknowledged DELETE emits the event (CONTRACT section 3), a repeated one too: a
+        // socket of that session that slipped past the first (opened in degraded mode on
+        // another instance, say) is closed by the next.
+        self.raise(
+            EventKind::SessionRevoked,
+            Some(session_id),
+            outcome.user_id,
+            serde_json::json!({}),
+        );
         Ok(())
     }
 

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Extension: how long a client gets to send a request's head (slow clients get 408).
     pub client_request_timeout_ms: u64,
+    /// Extension: how long one request may take once its head is in, its body included
+    /// (beyond: 408 `request_timeout`, connection closed).
+    pub request_timeout_ms: u64,
     /// Extension: how long an idle keep-alive connection is kept (0: no keep-alive).
     pub keep_alive_seconds: u64,
 }
@@ -37,6 +40,7 @@ impl Default for ServerConfig {
             max_body_bytes: 65536,
             max_connections: 25_000,
             client_request_timeout_ms: 5000,
+            request_timeout_ms: 10_000,
             keep_alive_seconds: 5,
         }
     }

@@ -23,6 +23,7 @@ pub(super) const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_body_bytes", Int),
             ("max_connections", Int),
             ("client_request_timeout_ms", Int),
+            ("request_timeout_ms", Int),
             ("keep_alive_seconds", Int),
         ],
     ),

@@ -44,6 +44,9 @@ impl Config {
         if s.client_request_timeout_ms == 0 {
             return Err(err("server.client_request_timeout_ms", "must be at least 1"));
         }
+        if s.request_timeout_ms == 0 {
+            return Err(err("server.request_timeout_ms", "must be at least 1"));
+        }
 
         // [tokens]
         let t = &self.tokens;

@@ -39,7 +39,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/readyz", web::get().to(probes::readyz));
 }
 
+/// How much of a client's method or path a 404 message quotes.
+const MAX_QUOTED_CHARS: usize = 200;
+
 /// The answer for any route that does not exist (or a method a route does not take).
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::not_found(format!("no such route: {} {}", req.method(), req.path())))
+    // Both come from the client: quoted only in part, so an error body stays small.
+    let clip = |s: &str| s.chars().take(MAX_QUOTED_CHARS).collect::<String>();
+    Err(ApiError::not_found(format!(
+        "no such route: {} {}",
+        clip(req.method().as_str()),
+        clip(req.path())
+    )))
 }
