@@ -15,9 +15,11 @@ mod redis_server;
 mod tokens;
 mod ws_client;
 
+mod chaos;
 mod cli;
 mod durability;
 mod health_routes;
+mod hostile_http;
 mod http;
 mod logs;
 mod notify;
