@@ -10,13 +10,7 @@ use sessiond_actors::domain::now_seconds;
 use sessiond_actors::store::{CreateOutcome, FsyncMode, StoreCore, StoreOptions};
 
 use crate::bench_store::sample_session;
-use crate::procs::scratch_dir;
-
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+use crate::procs::{scratch_dir, status_field};
 
 pub fn run(sessions: usize, binary: Option<PathBuf>, dir: Option<PathBuf>) -> Result<(), String> {
     let binary = match binary {
@@ -76,8 +70,8 @@ pub fn run(sessions: usize, binary: Option<PathBuf>, dir: Option<PathBuf>) -> Re
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    let rss = status_kib(child.id(), "VmRSS:");
-    let hwm = status_kib(child.id(), "VmHWM:");
+    let rss = status_field(child.id(), "VmRSS:");
+    let hwm = status_field(child.id(), "VmHWM:");
     // SAFETY-free stop: the daemon flushes on SIGTERM; kill() sends SIGKILL, fine for a bench.
     let _ = child.kill();
     let _ = child.wait();

@@ -41,17 +41,14 @@ use clap::Args;
 use futures_util::StreamExt as _;
 use sessiond_actors::domain::now_seconds;
 use sessiond_actors::token::{Algorithm, sign_hmac};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::keepalive;
 use crate::procs::{
-    self, DropReport, Redis, ScratchDir, now_ns, percentile_ns as percentile, scratch_dir,
-    wait_timeout,
+    self, DropReport, Redis, ScratchDir, cpu_ms, now_ns, percentile_ns as percentile, scratch_dir,
+    status_field, wait_timeout,
 };
+use crate::ws_open::{Ws, describe, upgrade};
 
 const SECRET: &str = "ws-bench-hmac-secret-0123456789abcdef0123";
 const API_KEY: &str = "ws-bench-api-key-0123456789abcdef";
@@ -159,33 +156,12 @@ pub struct WorkerArgs {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-fn status_kib(path: &str, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn pid_kib(pid: u32, field: &str) -> Option<u64> {
-    status_kib(&format!("/proc/{pid}/status"), field)
-}
-
 /// The 1-minute load average: other work on the box skews every number here.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned())
-}
-
-/// CPU time (user + system) a process has used, in ms (USER_HZ = 100 on Linux: 10 ms steps).
-fn cpu_ms(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = text.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3 of stat(5), utime 14 and stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * 10)
 }
 
 fn ms(ns: u64) -> f64 {
@@ -237,7 +213,7 @@ type Daemon = procs::Daemon<u64>;
 
 impl Daemon {
     fn rss_kib(&self) -> Result<u64, String> {
-        pid_kib(self.pid, "VmRSS:").ok_or_else(|| format!("no VmRSS for pid {}", self.pid))
+        status_field(self.pid, "VmRSS:").ok_or_else(|| format!("no VmRSS for pid {}", self.pid))
     }
 }
 
@@ -644,7 +620,7 @@ fn connect_phase(
         std::thread::sleep(Duration::from_secs(a.pause_before_connect));
     }
     let rss_before = daemon.rss_kib()?;
-    let hwm_before = pid_kib(daemon.pid, "VmHWM:").unwrap_or(0);
+    let hwm_before = status_field(daemon.pid, "VmHWM:").unwrap_or(0);
     let started = Instant::now();
     for w in &mut fleet.workers {
         w.send("GO")?;
@@ -690,7 +666,7 @@ fn connect_phase(
     std::thread::sleep(Duration::from_secs(a.settle));
     fleet.drain();
     let rss_after = daemon.rss_kib()?;
-    let hwm_after = pid_kib(daemon.pid, "VmHWM:").unwrap_or(0);
+    let hwm_after = status_field(daemon.pid, "VmHWM:").unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid)).map(|d| d.count()).unwrap_or(0);
     // Give the workers a moment to report their own RSS.
     fleet.wait(Duration::from_secs(2), |f| f.worker_rss.iter().all(Option::is_some));
@@ -1241,23 +1217,11 @@ async fn connect_all(addr: Arc<Target>, conns: Vec<(usize, String)>, in_flight: 
     }
     let _ = spawner.await;
     say(&out, format!("CONNECTED {ok} {failed} {}", started.elapsed().as_micros()));
-    if let Some(kib) = status_kib("/proc/self/status", "VmRSS:") {
+    if let Some(kib) = status_field(std::process::id(), "VmRSS:") {
         say(&out, format!("RSS {kib}"));
     }
     // The connections live on in their tasks until the coordinator closes our stdin.
     std::future::pending::<()>().await;
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-fn describe(e: WsError) -> String {
-    match e {
-        WsError::Http(resp) => {
-            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            format!("HTTP {} {}", resp.status().as_u16(), body)
-        }
-        other => other.to_string(),
-    }
 }
 
 /// Connects, upgrades with `Authorization: Bearer`, and waits for the welcome frame.
@@ -1273,31 +1237,7 @@ async fn open(to: &Target, idx: usize, token: &str) -> Result<Ws, String> {
         }
     }
     .map_err(|e| format!("connect: {e}"))?;
-    let addr = &*to.addr;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut req = format!("ws://{addr}/ws").into_client_request().map_err(describe)?;
-    let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
-    req.headers_mut().insert(AUTHORIZATION, bearer);
-    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(config))
-        .await
-        .map_err(describe)?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.as_str().contains("\"type\":\"welcome\"") => {
-                return Ok(ws);
-            }
-            Some(Ok(Message::Text(t))) => {
-                return Err(format!("first frame is not a welcome: {}", t.as_str()));
-            }
-            Some(Ok(Message::Close(f))) => {
-                return Err(format!("closed before the welcome: {f:?}"));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("before the welcome: {}", describe(e))),
-            None => return Err("the connection ended before the welcome".into()),
-        }
-    }
+    upgrade(tcp, &to.addr, token).await
 }
 
 fn report_text(idx: usize, text: &str, recv_ns: u64, out: &Out) {

@@ -11,14 +11,19 @@
 //! - `ws-connect`, `ws-revoke`, `ws-fanout`, `ws`: the WebSocket gateway with N connections
 //!   held by worker processes (`ws-worker`, hidden): connect+authenticate rate and RSS per
 //!   connection, revocation latency, `service.*` fan-out time (see bench_ws.rs).
+//! - `soak`: an hour of mixed load (validate, create, revoke, refresh, revoke-all, WebSocket
+//!   churn) on a daemon in Redis mode, sampling RSS, open files and latency into a CSV, with a
+//!   drift analysis at the end (see bench_soak.rs).
 
 mod bench_outage;
 mod bench_restart;
+mod bench_soak;
 mod bench_store;
 mod bench_ws;
 mod http_client;
 mod keepalive;
 mod procs;
+mod ws_open;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -133,6 +138,10 @@ enum Mode {
     WsFanout(bench_ws::WsArgs),
     /// ws-revoke (embedded store), then ws-fanout (Redis mode).
     Ws(bench_ws::WsArgs),
+    /// Start a redis-server and sessiond in Redis mode, run a mixed load (validate, create,
+    /// revoke, refresh, revoke-all, WebSocket churn) at a moderate rate, sample RSS, open
+    /// files and latency into a CSV; report the drift (slope over the second half).
+    Soak(bench_soak::SoakArgs),
     /// One load-client process of the ws modes (started by them).
     #[command(hide = true)]
     WsWorker(bench_ws::WorkerArgs),
@@ -175,6 +184,7 @@ fn main() {
         Mode::WsFanout(a) => bench_ws::run(bench_ws::Phases::Fanout, &a),
         Mode::Ws(a) => bench_ws::run(bench_ws::Phases::All, &a),
         Mode::WsWorker(a) => bench_ws::worker(&a),
+        Mode::Soak(a) => bench_soak::run(&a),
     };
     if let Err(e) = result {
         eprintln!("sessiond-bench: {e}");

@@ -18,6 +18,24 @@ const EXIT_WAIT: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
+/// A numeric field (`Field:  123 kB`) of `/proc/<pid>/status`.
+pub fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (user + system) a process has used, in ms (USER_HZ = 100 on Linux: 10 ms steps).
+pub fn cpu_ms(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 of stat(5), utime 14 and stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10)
+}
+
 /// A fresh directory under the system temp dir.
 pub fn scratch_dir(tag: &str) -> Result<PathBuf, String> {
     let dir = std::env::temp_dir().join(format!(
