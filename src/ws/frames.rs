@@ -154,7 +154,23 @@ pub fn decode_binary(bytes: &[u8]) -> Result<ClientFrame, String> {
     if !matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
         return Err(describe("MessagePack", "not a map"));
     }
-    rmp_serde::from_slice(bytes).map_err(|e| describe("MessagePack", &e.to_string()))
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    let frame =
+        ClientFrame::deserialize(&mut de).map_err(|e| describe("MessagePack", &e.to_string()))?;
+    // One map and nothing after it (the JSON decoder refuses trailing characters too; fuzz
+    // finding F2).
+    if de.position() != bytes.len() as u64 {
+        return Err(describe("MessagePack", "trailing bytes after the map"));
+    }
+    // serde would also take a variant index (`"type": 0`) for the tag; the protocol has names
+    // (fuzz finding F1).
+    #[derive(serde::Deserialize)]
+    struct Tag {
+        #[serde(rename = "type")]
+        _kind: String,
+    }
+    rmp_serde::from_slice::<Tag>(bytes).map_err(|e| describe("MessagePack", &e.to_string()))?;
+    Ok(frame)
 }
 
 fn describe(kind: &str, err: &str) -> String {
@@ -165,6 +181,29 @@ fn describe(kind: &str, err: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzz findings F1 and F2 (fuzz/README.md): MessagePack frames must be refused where the
+    /// JSON decoder refuses the same document.
+    #[test]
+    fn msgpack_frames_are_as_strict_as_json() {
+        // {"type": 0}: a variant index instead of a name.
+        assert!(decode_binary(&[0x81, 0xa4, b't', b'y', b'p', b'e', 0x00]).is_err());
+        assert!(decode_text(br#"{"type": 0}"#).is_err());
+        // {"type": "ping"} followed by garbage.
+        let mut ping = vec![0x81, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g'];
+        assert!(decode_binary(&ping).is_ok());
+        ping.extend_from_slice(&[0xc1, 0xc1, b'x']);
+        assert!(decode_binary(&ping).is_err());
+        for f in [
+            "F1-msgpack-integer-type-minimized",
+            "F1-msgpack-integer-type-crash-7a26bb04",
+            "F2-msgpack-trailing-bytes",
+        ] {
+            let path = format!("{}/fuzz/regressions/ws_frames/{f}", env!("CARGO_MANIFEST_DIR"));
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(decode_binary(&bytes).is_err(), "{f} must be refused");
+        }
+    }
     use serde_json::{Value, json};
     use sessiond_actors::domain::EventKind;
 
