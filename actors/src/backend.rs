@@ -391,7 +391,7 @@ impl Backend {
                     for sid in &ids {
                         side.confirmed.forget(sid);
                     }
-                    self.store.do_send(MirrorRevokeUser { user_id: uid.to_owned() });
+                    self.store.do_send(MirrorRevokeUser { user_id: uid.to_owned(), at: now });
                     return Ok(normal(ids));
                 }
                 Err(e) => log_redis_failure("revoke_user", &e),

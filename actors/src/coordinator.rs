@@ -553,7 +553,10 @@ fn apply_to_mirror(cfg: &CoordinatorRedis, event: &AuthEvent) {
         EventKind::UserSessionsRevoked => {
             if let Some(uid) = &event.user_id {
                 side.confirmed.clear();
-                cfg.store.do_send(MirrorRevokeUser { user_id: uid.clone() });
+                // Only what existed when the revoke-all was taken: the event may arrive late
+                // (held back by an outage), after the user logged in again.
+                let at = event.at_ms.div_euclid(1000);
+                cfg.store.do_send(MirrorRevokeUser { user_id: uid.clone(), at });
             }
         }
         _ => {}

@@ -224,7 +224,7 @@ impl Handler<MirrorRevokeUser> for FallbackStore {
     type Result = ResponseFuture<Result<(), StoreError>>;
 
     fn handle(&mut self, msg: MirrorRevokeUser, _: &mut Self::Context) -> Self::Result {
-        Box::pin(self.core.mirror_revoke_user(&msg.user_id, now_seconds()).wait())
+        Box::pin(self.core.mirror_revoke_user(&msg.user_id, msg.at, now_seconds()).wait())
     }
 }
 
@@ -411,7 +411,7 @@ mod tests {
         let got = reader.get("m1", now);
         assert_eq!(got, Lookup::Live(Session { expires_at: now + 120, ..m.clone() }));
         assert_eq!(reader.get("m2", now), Lookup::Revoked);
-        addr.send(MirrorRevokeUser { user_id: "u2".into() }).await.unwrap().unwrap();
+        addr.send(MirrorRevokeUser { user_id: "u2".into(), at: i64::MAX }).await.unwrap().unwrap();
         assert_eq!(reader.get("m1", now), Lookup::Revoked);
         assert_eq!(reader.get("tmp", now), Lookup::Revoked);
         assert_eq!(addr.send(GetStoreStats).await.unwrap().journal_len, 3);

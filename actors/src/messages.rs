@@ -110,6 +110,8 @@ pub struct MirrorTomb {
 pub struct MirrorRevokeUser {
     /// The user id.
     pub user_id: String,
+    /// Unix seconds of the revoke-all: only sessions created at or before it are revoked.
+    pub at: i64,
 }
 
 /// FallbackStore (Redis mode): mirror a new expiry seen elsewhere (set when the session is
@@ -287,6 +289,10 @@ pub struct RegisterConnection {
     pub validated_at: std::time::Instant,
     /// Where the gateway sends this connection's events.
     pub recipient: Recipient<ToConnection>,
+    /// The session's `created_at`, when the validation knew the session: a revoke-all taken
+    /// before it does not close this connection (a degraded-mode answer without a session
+    /// counts as covered).
+    pub created_at: Option<i64>,
 }
 
 /// An admitted connection.

@@ -64,6 +64,15 @@ struct Conn {
     session_id: Arc<str>,
     user_id: Arc<str>,
     recipient: Recipient<ToConnection>,
+    created_at: Option<i64>,
+}
+
+/// Whether `event` concerns a connection whose session was created at `created_at`: a
+/// revoke-all covers only sessions created at or before it (one held back by an outage may
+/// arrive after the user logged in again); every other event covers every target.
+fn covers(event: &AuthEvent, created_at: Option<i64>) -> bool {
+    event.event != EventKind::UserSessionsRevoked
+        || created_at.is_none_or(|c| c <= event.at_ms.div_euclid(1000))
 }
 
 /// What to remember a recent revocation by.
@@ -210,13 +219,16 @@ impl WsGateway {
         let user_id = self.intern_user(&msg.user_id);
         self.by_session.entry(Arc::clone(&session_id)).or_default().push(key);
         self.by_user.entry(Arc::clone(&user_id)).or_default().push(key);
-        self.conns.insert(key, Conn { session_id, user_id, recipient: msg.recipient });
+        let created_at = msg.created_at;
+        self.conns.insert(key, Conn { session_id, user_id, recipient: msg.recipient, created_at });
         self.admitted_total += 1;
 
         // Revocations that may have raced the handshake's validation.
         self.recent.prune(Instant::now());
         for event in self.recent.since(&msg.session_id, &msg.user_id, msg.validated_at) {
-            self.deliver(key, &event);
+            if covers(&event, created_at) {
+                self.deliver(key, &event);
+            }
         }
         Ok(Admission { key, connection_id: format!("{}-w{key}", self.instance_id) })
     }
@@ -275,7 +287,11 @@ impl WsGateway {
             }
             EventKind::UserSessionsRevoked => {
                 let Some(uid) = event.user_id.as_deref() else { return Vec::new() };
-                self.by_user.get(uid).cloned().unwrap_or_default()
+                let Some(keys) = self.by_user.get(uid) else { return Vec::new() };
+                keys.iter()
+                    .copied()
+                    .filter(|k| self.conns.get(k).is_some_and(|c| covers(event, c.created_at)))
+                    .collect()
             }
         }
     }
@@ -499,6 +515,7 @@ mod tests {
         let (tx, rx) = unbounded_channel();
         let recipient = Probe(tx).start().recipient();
         let msg = RegisterConnection {
+            created_at: None,
             session_id: sid.into(),
             user_id: uid.into(),
             validated_at,
@@ -671,6 +688,7 @@ mod tests {
         let stuck = Stuck.start();
         tokio::task::yield_now().await;
         let msg = RegisterConnection {
+            created_at: None,
             session_id: "s-1".into(),
             user_id: "u-1".into(),
             validated_at: Instant::now(),
@@ -698,6 +716,7 @@ mod tests {
         .start();
         let (tx, mut rx) = unbounded_channel();
         let msg = RegisterConnection {
+            created_at: None,
             session_id: "s-1".into(),
             user_id: "u-1".into(),
             validated_at: Instant::now(),

@@ -222,6 +222,7 @@ pub async fn upgrade(
         user_id: validation.identity.user_id.clone(),
         validated_at,
         recipient: ctx.address().recipient(),
+        created_at: validation.session.as_ref().map(|s| s.created_at),
     };
     let admission = state
         .gateway

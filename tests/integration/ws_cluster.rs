@@ -244,3 +244,50 @@ fn ws_sockets_of_sessions_revoked_while_the_bus_was_down_are_closed_on_resubscri
     assert_eq!(b.validate(&t1).status, 401);
     assert_eq!(b.validate(&t2).status, 200);
 }
+
+#[test]
+fn ws_a_revoke_all_held_back_by_an_outage_spares_sessions_created_after_it() {
+    // A takes a revoke-all of u-1 while Redis is down: its event waits in A's memory. A second
+    // later u-1 logs in again through B (also degraded). When Redis is back the event reaches
+    // B late; it must revoke what existed when it was taken, not the new session, whose
+    // socket stays open.
+    let mut redis = RedisServer::start_durable();
+    let prefix = unique_prefix("ws-late-ra");
+    let a = Daemon::start(config(&redis, &prefix));
+    let b = Daemon::start(config(&redis, &prefix));
+    let old = token("u-1", "lr-old");
+    let probe = token("u-9", "lr-probe");
+    a.create_ok(&old);
+    a.create_ok(&probe);
+    expect_valid(&b.validate(&probe), "normal", "lr-probe");
+
+    redis.kill9();
+    wait_for_mode(&a, &probe, "degraded");
+    wait_for_mode(&b, &probe, "degraded");
+    a.revoke_all("u-1").expect_status(200);
+    // Not a synchronization: created_at has one-second resolution, and the new session must
+    // be created in a later second than the revoke-all.
+    std::thread::sleep(Duration::from_millis(1100));
+    let new = token("u-1", "lr-new");
+    b.create(&new).expect_status(201);
+    let (mut on_b, _) = open(&b, &new);
+
+    redis.restart_keeping_data();
+    wait_bus_up(&a, "A after Redis came back");
+    wait_bus_up(&b, "B after Redis came back");
+    // B has heard A's revoke-all once it counts a relayed event.
+    let heard = crate::harness::poll_until(Duration::from_secs(20), || {
+        let relayed = coordinator_details(&b)["events_relayed"].as_u64().unwrap_or(0);
+        (relayed >= 1).then_some(())
+    });
+    assert!(heard.is_some(), "B never heard A's revoke-all: {}", coordinator_details(&b));
+    let heard = on_b.ping_barrier("the new session's socket on B");
+    assert!(
+        heard.iter().all(|v| v["event"].as_str().is_some_and(|e| e.starts_with("service."))),
+        "the new session's socket heard more than service events: {heard:?}"
+    );
+    assert_now("the new session on B", || check_normal(&b.validate(&new), "lr-new"));
+    assert_now("the new session on A", || check_normal(&a.validate(&new), "lr-new"));
+    assert_now("the old session on B", || b.validate(&old).check_error(401, "session_revoked"));
+    assert_now("the old session on A", || a.validate(&old).check_error(401, "session_revoked"));
+}

@@ -679,7 +679,7 @@ impl StoreCore {
     /// Revokes every live session of a user; answers their ids (in [`Self::list_user`]
     /// order). One durability wait covers them all.
     pub fn revoke_user(&mut self, uid: &str, now: UnixSeconds) -> (Vec<String>, Durable) {
-        self.revoke_user_impl(uid, now, false)
+        self.revoke_user_impl(uid, now, false, UnixSeconds::MAX)
     }
 
     /// [`Self::revoke_user`], journaled: one [`JournalOp::Tomb`] per revoked session (in the
@@ -689,7 +689,7 @@ impl StoreCore {
     /// replay. When the journal cannot take all the entries, nothing changes and the `Durable`
     /// fails ([`JOURNAL_FULL`]).
     pub fn revoke_user_journaled(&mut self, uid: &str, now: UnixSeconds) -> (Vec<String>, Durable) {
-        self.revoke_user_impl(uid, now, true)
+        self.revoke_user_impl(uid, now, true, UnixSeconds::MAX)
     }
 
     fn revoke_user_impl(
@@ -697,6 +697,7 @@ impl StoreCore {
         uid: &str,
         now: UnixSeconds,
         journal: bool,
+        created_by: UnixSeconds,
     ) -> (Vec<String>, Durable) {
         let mut live: Vec<(UnixSeconds, String, UnixSeconds)> = Vec::new();
         {
@@ -706,7 +707,9 @@ impl StoreCore {
                     && slot.expires_at > now
                 {
                     let created_at = slot.fields().map_or(0, |f| f.created_at);
-                    live.push((created_at, id.to_string(), slot.expires_at));
+                    if created_at <= created_by {
+                        live.push((created_at, id.to_string(), slot.expires_at));
+                    }
                 }
             }
         }
@@ -865,8 +868,11 @@ impl StoreCore {
 
     /// Mirror (Redis mode): a revoke-all seen elsewhere. Revokes every live session of the user
     /// held here, as [`Self::revoke_user`] does (never journaled).
-    pub fn mirror_revoke_user(&mut self, uid: &str, now: UnixSeconds) -> Durable {
-        self.revoke_user_impl(uid, now, false).1
+    ///
+    /// Only sessions created at or before `at` (the revoke-all's time) are revoked: a
+    /// revoke-all that arrives late must not reach a session created after it.
+    pub fn mirror_revoke_user(&mut self, uid: &str, at: UnixSeconds, now: UnixSeconds) -> Durable {
+        self.revoke_user_impl(uid, now, false, at).1
     }
 
     /// Mirror (Redis mode): a new expiry seen elsewhere (a refresh). Sets it, capped at

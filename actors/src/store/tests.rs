@@ -1141,13 +1141,13 @@ fn mirror_revoke_user_and_mirror_expiry() {
     // Not held, or not live: nothing.
     wait(s.mirror_expiry("nope", NOW + 300, NOW));
     assert_eq!(s.get("nope", NOW), Lookup::Missing);
-    wait(s.mirror_revoke_user("u1", NOW));
+    wait(s.mirror_revoke_user("u1", NOW, NOW));
     assert_eq!(s.get("a", NOW + 99), Lookup::Revoked);
     assert_eq!(s.get("b", NOW + 199), Lookup::Revoked);
     assert!(matches!(s.get("c", NOW), Lookup::Live(_)));
     wait(s.mirror_expiry("a", NOW + 300, NOW));
     assert_eq!(s.get("a", NOW + 99), Lookup::Revoked);
-    wait(s.mirror_revoke_user("nobody", NOW));
+    wait(s.mirror_revoke_user("nobody", NOW, NOW));
     assert_eq!(s.journal_len(), 0);
     drop(s);
     let (s, _) = open_at(dir.path(), NOW);
@@ -1520,7 +1520,7 @@ proptest! {
                 }
                 Op::MirrorRevokeUser { user } => {
                     let u = format!("u{user}");
-                    rt.block_on(s.mirror_revoke_user(&u, now).wait()).unwrap();
+                    rt.block_on(s.mirror_revoke_user(&u, now, now).wait()).unwrap();
                     m.revoke_user(&u, now, false);
                 }
                 Op::MirrorExpiry { id, ttl } => {
