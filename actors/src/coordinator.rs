@@ -321,6 +321,7 @@ impl Coordinator {
         r.replaying = true;
         let side = r.cfg.side.clone();
         let store = r.cfg.store.clone();
+        let max_ttl = r.cfg.max_ttl_seconds;
         let fut = async move {
             let started = std::time::Instant::now();
             let mut replayed = 0usize;
@@ -340,11 +341,25 @@ impl Coordinator {
                     let n = batch.len();
                     let revocations: Vec<RaiseEvent> =
                         batch.iter().filter_map(|e| revocation_event(&e.op)).collect();
-                    side.breaker
+                    let refused = side
+                        .breaker
                         .call(side.op_timeout * 8, async move { redis.replay(&batch, now).await })
                         .await
                         .map_err(|e| format!("replay into Redis failed: {e}"))?;
                     announce.extend(revocations);
+                    // A create taken here while degraded that Redis refuses (the id was revoked
+                    // elsewhere meanwhile) must not stay live in this instance's own store.
+                    for sid in refused {
+                        log::info!("replayed create refused by Redis (revoked): {sid}");
+                        store
+                            .send(MirrorTomb {
+                                session_id: sid,
+                                until: now.saturating_add(max_ttl),
+                            })
+                            .await
+                            .map_err(|e| format!("fallback store unreachable: {e}"))?
+                            .map_err(|e| format!("mirroring a refused create failed: {e}"))?;
+                    }
                     store
                         .send(AckJournal { up_to: last })
                         .await

@@ -274,6 +274,37 @@ fn a_full_journal_refuses_writes_with_503_and_loses_none_it_took() {
 }
 
 #[test]
+fn a_journaled_create_that_redis_refuses_on_replay_is_revoked_locally_too() {
+    // A takes a create while Redis is down and crashes before replaying it; meanwhile the id
+    // is revoked in Redis through B. When A replays, Redis refuses the create: A's own store
+    // must not keep the session live, or A would accept it in the next outage.
+    let mut redis = RedisServer::start_durable();
+    let prefix = unique_prefix("refused-put");
+    let config = redis_config(&redis, &prefix, "jwt_only").set("breaker.op_timeout_ms", "2000");
+    let mut a = Daemon::start(config.clone());
+    let b = Daemon::start(config);
+    let probe = token("u-0", "rp-probe");
+    let t = token("u-1", "rp-1");
+    a.create_ok(&probe);
+
+    redis.kill9();
+    wait_for_mode(&a, &probe, "degraded");
+    a.create(&t).expect_status(201);
+    a.kill9();
+    redis.restart_keeping_data();
+    b.revoke("rp-1").expect_status(200);
+    a.restart();
+    // Normal again once the journal is replayed. (No validation of rp-1 now: a normal-mode
+    // lookup would itself teach A the revocation.)
+    wait_for_mode(&a, &probe, "normal");
+
+    // The next outage: A answers from its own store.
+    redis.kill9();
+    wait_for_mode(&a, &probe, "degraded");
+    a.validate(&t).expect_error(401, "session_revoked");
+}
+
+#[test]
 fn revoke_all_during_an_outage_reaches_sessions_this_instance_never_saw() {
     // "No logout is ever lost": a user's log-out-everywhere taken while degraded also revokes,
     // once replayed, the user's session that another instance created and this one never saw.

@@ -439,10 +439,15 @@ impl RedisStore {
     ///
     /// Each entry is one atomic script; if the call fails or is dropped midway a prefix of the
     /// entries has been applied, and replaying them all again is correct.
-    pub async fn replay(&self, entries: &[JournalEntry], now: i64) -> Result<(), RedisError> {
+    pub async fn replay(
+        &self,
+        entries: &[JournalEntry],
+        now: i64,
+    ) -> Result<Vec<String>, RedisError> {
         check_time("now", now)?;
+        let mut refused = Vec::new();
         if entries.is_empty() {
-            return Ok(());
+            return Ok(refused);
         }
         let spared = revoke_user_spares(entries);
         let mut conn = self.conn().await?;
@@ -466,8 +471,15 @@ impl RedisStore {
             {
                 return Err(self.err("replay", e));
             }
+            for (entry, reply) in chunk.iter().zip(replies) {
+                if let JournalOp::Put { session, .. } = &entry.op
+                    && create_refused_as_revoked(reply)
+                {
+                    refused.push(session.session_id.clone());
+                }
+            }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Publishes one event on the events channel.
@@ -692,6 +704,14 @@ impl std::fmt::Debug for SubscriptionProbe {
 /// it with a `created_at` it would cover (`<= at`: created in the same second, after the
 /// revoke-all). Replaying the journal again must not revoke them: the first replay applied
 /// the revoke-all before they existed.
+/// Whether a `create` script's reply is `{3}`: the id is revoked in Redis.
+fn create_refused_as_revoked(reply: Value) -> bool {
+    match codec::array(reply) {
+        Ok(items) => matches!(items.first(), Some(Value::Int(3))),
+        Err(_) => false,
+    }
+}
+
 fn revoke_user_spares(entries: &[JournalEntry]) -> HashMap<usize, Vec<&str>> {
     let mut puts: HashMap<&str, Vec<(usize, i64, &str)>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
