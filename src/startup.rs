@@ -149,12 +149,15 @@ async fn run(p: Prepared) -> Result<(), StartError> {
     let store_arbiter = Arbiter::new();
     let core = p.store;
     let reader = core.reader();
+    // Writes journaled before a crash make the instance degraded from its first answer until
+    // they are replayed: read now, before the store moves into its actor and before ready.
+    let journaled_at_start = core.journal_len();
     let store =
         FallbackStore::start_in_arbiter(&store_arbiter.handle(), move |_| FallbackStore::new(core));
     let notifier = Notifier::from_env();
     let self_test = SelfTest::new().map_err(StartError)?;
     let mut breakers = Vec::new();
-    let (redis, coordinator) = match redis_parts(&config, &store)? {
+    let (redis, coordinator) = match redis_parts(&config, &store, journaled_at_start)? {
         Some((side, coord)) => {
             breakers.push(side.breaker.clone());
             breakers.push(coord.bus_breaker.clone());
@@ -221,7 +224,11 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         settings: Arc::new(ws::WsSettings::from_config(&config)),
     });
     let ids = Arc::new(IdSource::new(instance_id.clone()));
-    let store_mode = if breakers.is_empty() { "embedded store" } else { "Redis" };
+    let store_mode = match (breakers.is_empty(), journaled_at_start > 0) {
+        (true, _) => "embedded store",
+        (false, false) => "Redis",
+        (false, true) => "Redis; degraded until the journal of an earlier run is replayed",
+    };
     let operations = web::Data::new(Operations {
         instance_id: instance_id.clone(),
         token_adapter: token_adapter.recipient(),
@@ -346,6 +353,7 @@ fn stop_on_signals(
 fn redis_parts(
     config: &Config,
     store: &Addr<FallbackStore>,
+    journaled_at_start: usize,
 ) -> Result<Option<(RedisSide, CoordinatorRedis)>, StartError> {
     if config.sessions.redis_url.is_empty() {
         return Ok(None);
@@ -369,11 +377,13 @@ fn redis_parts(
     let (notify, transitions) = tokio::sync::mpsc::unbounded_channel();
     let breaker = SharedBreaker::new("redis", settings, Arc::clone(&clock), notify.clone());
     let bus_breaker = SharedBreaker::new("event_bus", settings, clock, notify);
+    let mode = Arc::new(ModeFlag::default());
+    mode.set_degraded(journaled_at_start > 0);
     let side = RedisSide {
         redis,
         breaker,
         op_timeout,
-        mode: Arc::new(ModeFlag::default()),
+        mode,
         bus_up: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         confirmed: Arc::new(ConfirmCache::default()),
     };

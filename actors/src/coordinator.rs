@@ -229,6 +229,11 @@ impl Coordinator {
         if !r.cfg.side.mode.set_degraded(degraded) {
             return;
         }
+        self.announce_mode(degraded, why, ctx);
+    }
+
+    /// Logs, counts and raises the event of a mode the flag already holds.
+    fn announce_mode(&mut self, degraded: bool, why: &str, ctx: &mut Context<Self>) {
         let (kind, level) = if degraded {
             (EventKind::ServiceDegraded, log::Level::Warn)
         } else {
@@ -661,7 +666,12 @@ impl Actor for Coordinator {
         actix::spawn(run_bus(ctx.address(), r.cfg.side.clone(), r.cfg.bus_breaker.clone()));
         let interval = r.cfg.probe_interval;
         ctx.run_interval(interval, |act, ctx| act.tick(ctx));
-        // Writes journaled before a crash are replayed as soon as Redis answers.
+        // Writes journaled before a crash are replayed as soon as Redis answers. The flag may
+        // already say degraded (the startup reads the journal before the first answer).
+        if r.cfg.side.mode.is_degraded() {
+            self.announce_mode(true, "journaled writes from an earlier run wait for replay", ctx);
+        }
+        let Some(r) = self.redis.as_ref() else { return };
         let store = r.cfg.store.clone();
         ctx.spawn(
             async move { store.send(GetStoreStats).await.map(|s| s.journal_len).unwrap_or(0) }
