@@ -321,11 +321,15 @@ impl Sock {
             .iter()
             .map(|(t, v)| {
                 let what = if v["type"] == "event" {
+                    // The id names the instance that raised it; the data says why (replayed,
+                    // reconciled, ...).
                     format!(
-                        "{}({},{})",
+                        "{}({},{}) id={} data={}",
                         v["event"].as_str().unwrap_or("?"),
                         v["session_id"],
-                        v["user_id"]
+                        v["user_id"],
+                        v["id"],
+                        v["data"]
                     )
                 } else {
                     v["type"].as_str().unwrap_or("?").to_string()
@@ -1025,15 +1029,18 @@ impl<'a> Index<'a> {
     }
 
     /// Whether a revocation (answered or not) started before `before` may have covered `sid`.
+    /// Times are whole milliseconds: a revocation answered within the millisecond it started
+    /// (a degraded one often is) may share its millisecond with what it caused, so `before`
+    /// itself counts.
     fn possibly_revoked(&self, sid: &str, before: i64) -> bool {
-        if self.deletes.get(sid).is_some_and(|d| d.iter().any(|d| d.start < before)) {
+        if self.deletes.get(sid).is_some_and(|d| d.iter().any(|d| d.start <= before)) {
             return true;
         }
         let Some(user) = self.sid_user.get(sid) else { return true };
         let Some(created) = self.first_create_start.get(sid) else { return true };
         self.revoke_alls.get(user).is_some_and(|rs| {
             rs.iter()
-                .any(|r| r.start < before && created.div_euclid(1000) <= r.end.div_euclid(1000))
+                .any(|r| r.start <= before && created.div_euclid(1000) <= r.end.div_euclid(1000))
         })
     }
 
@@ -1047,6 +1054,9 @@ impl<'a> Index<'a> {
             .find(|r| matches!(r.action, Action::Create | Action::Recreate) && r.sid() == sid);
         if let Some(c) = create {
             let _ = write!(out, "\n      created by {}", c.describe(self.t0));
+        }
+        for d in self.deletes.get(sid).into_iter().flatten() {
+            let _ = write!(out, "\n      delete {}", d.describe(self.t0));
         }
         let user = self.sid_user.get(sid).copied().unwrap_or("");
         let before_list: Vec<&&Rec> =
