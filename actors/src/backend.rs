@@ -158,6 +158,12 @@ impl Backend {
         self.redis.as_ref().filter(|r| !r.mode.is_degraded())
     }
 
+    /// Whether a revoke-all of `user` known to this instance covers a token issued at
+    /// `issued` (at or before it).
+    pub fn revoked_by_watermark(&self, user: &str, issued: UnixSeconds, now: UnixSeconds) -> bool {
+        self.reader.watermark(user, now).is_some_and(|at| issued <= at)
+    }
+
     /// Whether the instance is in degraded mode (never in embedded mode).
     pub fn is_degraded(&self) -> bool {
         self.redis.as_ref().is_some_and(|r| r.mode.is_degraded())

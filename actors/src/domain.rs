@@ -175,6 +175,9 @@ pub enum JournalOp {
         session: Session,
         /// `expires_at - created_at` at creation, what a later refresh without ttl reuses.
         created_len: i64,
+        /// The `iat` of the token that created it, when it had one: the replay refuses the
+        /// create when a revoke-all of the user at or after it reached Redis first.
+        issued_at: Option<UnixSeconds>,
     },
     /// A session's expiry set by a refresh while degraded.
     Expiry {

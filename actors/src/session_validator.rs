@@ -237,7 +237,18 @@ impl Pipeline {
             Lookup::Live(_) => return Err(Failure::SessionNotFound),
             Lookup::Revoked => return Err(Failure::SessionRevoked),
             Lookup::Missing if !answer.degraded => return Err(Failure::SessionNotFound),
-            // Degraded, and this instance does not know the session: the policy decides.
+            // Degraded, and this instance does not know the session: a revoke-all it knows of
+            // that came at or after the token was issued revokes it (a session created
+            // elsewhere before it); otherwise the policy decides.
+            Lookup::Missing
+                if self.backend.revoked_by_watermark(
+                    &identity.user_id,
+                    identity.issued_at.unwrap_or(now),
+                    now,
+                ) =>
+            {
+                return Err(Failure::SessionRevoked);
+            }
             Lookup::Missing => match self.settings.degraded_policy {
                 DegradedPolicy::JwtOnly => None,
                 DegradedPolicy::FailClosed => return Err(Failure::Unavailable),

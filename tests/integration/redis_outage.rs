@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Client, Daemon, Resp, poll_until};
 use crate::redis_server::*;
-use crate::tokens::now;
+use crate::tokens::{enhanced, hs256, now};
 
 /// The longest a request may take while Redis is down or hung (the breaker's op timeout is
 /// 100 ms: a request must never wait for Redis much longer than that).
@@ -302,6 +302,73 @@ fn a_journaled_create_that_redis_refuses_on_replay_is_revoked_locally_too() {
     redis.kill9();
     wait_for_mode(&a, &probe, "degraded");
     a.validate(&t).expect_error(401, "session_revoked");
+}
+
+#[test]
+fn a_create_journaled_before_another_instances_revoke_all_does_not_survive_its_replay() {
+    // A takes a create while Redis is down and dies before replaying it; meanwhile the user
+    // logs out everywhere through B, which never saw that session. When A replays, the
+    // revoke-all's watermark in Redis refuses the create: the session is revoked everywhere.
+    let mut redis = RedisServer::start_durable();
+    let prefix = unique_prefix("journaled-vs-revoke-all");
+    let config = steady_redis_config(&redis, &prefix);
+    let mut a = Daemon::start(config.clone());
+    let b = Daemon::start(config.clone());
+    let probe = token("u-0", "jr-probe");
+    let t = token("u-1", "jr-1");
+    a.create_ok(&probe);
+
+    redis.kill9();
+    wait_for_mode(&a, &probe, "degraded");
+    a.create(&t).expect_status(201);
+    a.kill9();
+    redis.restart_keeping_data();
+    wait_for_mode(&b, &probe, "normal");
+    b.revoke_all("u-1").expect_status(200);
+    a.restart();
+    wait_for_mode(&a, &probe, "normal");
+
+    let c = Daemon::start(config);
+    for (name, d) in [("A", &a), ("B", &b), ("a fresh instance", &c)] {
+        assert_now(name, || d.validate(&t).check_error(401, "session_revoked"));
+    }
+}
+
+#[test]
+fn a_degraded_instance_refuses_a_re_create_from_a_token_older_than_its_revoke_all() {
+    // B created a session that A never held. While Redis is down the user logs out
+    // everywhere through A, then the old token is presented to A again: A cannot see B's
+    // session, but the token was issued before the revoke-all, so it is refused (create and
+    // validation), while a token issued after it works.
+    let mut redis = RedisServer::start_durable();
+    let prefix = unique_prefix("re-create-vs-revoke-all");
+    let config = steady_redis_config(&redis, &prefix);
+    let a = Daemon::start(config.clone());
+    let b = Daemon::start(config);
+    let probe = token("u-0", "rc-probe");
+    let old = token("u-1", "rc-old");
+    a.create_ok(&probe);
+    b.create_ok(&old);
+
+    redis.kill9();
+    wait_for_mode(&a, &probe, "degraded");
+    a.revoke_all("u-1").expect_status(200);
+    a.create(&old).expect_error(409, "session_revoked");
+    a.validate(&old).expect_error(401, "session_revoked");
+    // Issued after the revoke-all (its second is over: `iat` one second ahead, within the
+    // leeway), a new login's token creates and validates.
+    let mut claims = enhanced("u-1", "u-1@example.com", "user", "rc-new");
+    claims["iat"] = json!(now() + 1);
+    let new = hs256(&claims);
+    a.create(&new).expect_status(201);
+    expect_valid(&a.validate(&new), "degraded", "rc-new");
+
+    // Redis back: the journal (revoke-all, its refusal, the new create) replays; everywhere
+    // the old token is revoked and the new one live.
+    redis.restart_keeping_data();
+    wait_for_mode(&a, &probe, "normal");
+    assert_now("B, old token", || b.validate(&old).check_error(401, "session_revoked"));
+    assert_now("B, new token", || check_normal(&b.validate(&new), "rc-new"));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! | `<prefix>:s:<sid>` | hash | `d` MessagePack fields, `u` user id, `t` created_at, `c` created length, `e` expires_at | `e` + grace |
 //! | `<prefix>:r:<sid>` | string | the tombstone's `until` | `until` + grace |
 //! | `<prefix>:u:<uid>` | sorted set | session ids scored by their `expires_at` | highest score + grace |
+//! | `<prefix>:w:<uid>` | string | the user's revoke-all watermark: tokens issued at or before it create nothing | watermark + max_ttl + grace |
 //! | `<prefix>:events` | pub/sub channel | auth events | - |
 //!
 //! The Lua scripts build user and session keys themselves from the prefix (`prefix .. ':s:' ..
@@ -47,6 +48,11 @@ impl Keys {
     /// The index of a user's sessions.
     pub(crate) fn user(&self, uid: &str) -> String {
         format!("{}:u:{uid}", self.prefix)
+    }
+
+    /// The revoke-all watermark of a user.
+    pub(crate) fn watermark(&self, uid: &str) -> String {
+        format!("{}:w:{uid}", self.prefix)
     }
 
     /// The pub/sub channel of auth events.

@@ -200,10 +200,12 @@ impl RedisStore {
         let sid = ident.session_id.as_str();
         let k = &self.inner.keys;
         let (skey, rkey, ukey) = (k.session(sid), k.tomb(sid), k.user(&ident.user_id));
+        let wkey = k.watermark(&ident.user_id);
+        let issued = ident.issued_at.unwrap_or(now).clamp(-MAX_TIME_MAGNITUDE, MAX_TIME_MAGNITUDE);
         let reply = self
             .run(
                 &SCRIPTS.create,
-                &[&skey, &rkey, &ukey],
+                &[&skey, &rkey, &ukey, &wkey],
                 &[
                     Arg::Int(now),
                     Arg::Str(sid),
@@ -214,6 +216,8 @@ impl RedisStore {
                     Arg::Int(new.expires_at),
                     Arg::Int(KEY_GRACE_SECONDS),
                     Arg::Str(k.prefix()),
+                    Arg::Int(issued),
+                    Arg::Int(self.inner.max_ttl),
                 ],
             )
             .await?;
@@ -394,17 +398,18 @@ impl RedisStore {
     pub async fn revoke_user(&self, user_id: &str, now: i64) -> Result<Vec<String>, RedisError> {
         check_time("now", now)?;
         let k = &self.inner.keys;
-        let ukey = k.user(user_id);
+        let (ukey, wkey) = (k.user(user_id), k.watermark(user_id));
         let reply = self
             .run(
                 &SCRIPTS.revoke_user,
-                &[&ukey],
+                &[&ukey, &wkey],
                 &[
                     Arg::Int(now),
                     Arg::Int(KEY_GRACE_SECONDS),
                     Arg::Str(k.prefix()),
                     Arg::Str(user_id),
                     Arg::Str(""),
+                    Arg::Int(self.inner.max_ttl),
                 ],
             )
             .await?;
@@ -551,15 +556,19 @@ impl RedisStore {
         let grace = Arg::Int(KEY_GRACE_SECONDS);
         let prefix = Arg::Str(k.prefix());
         let cmd = match op {
-            JournalOp::Put { session, created_len } => {
+            JournalOp::Put { session, created_len, issued_at } => {
                 check_time("created_at", session.created_at)?;
                 check_time("expires_at", session.expires_at)?;
                 let d = codec::encode_session(session).map_err(RedisError)?;
                 let sid = session.session_id.as_str();
                 let (skey, rkey, ukey) = (k.session(sid), k.tomb(sid), k.user(&session.user_id));
+                let wkey = k.watermark(&session.user_id);
+                let issued = issued_at
+                    .unwrap_or(session.created_at)
+                    .clamp(-MAX_TIME_MAGNITUDE, MAX_TIME_MAGNITUDE);
                 SCRIPTS.create.command(
                     true,
-                    &[&skey, &rkey, &ukey],
+                    &[&skey, &rkey, &ukey, &wkey],
                     &[
                         Arg::Int(now),
                         Arg::Str(sid),
@@ -570,6 +579,8 @@ impl RedisStore {
                         Arg::Int(session.expires_at),
                         grace,
                         prefix,
+                        Arg::Int(issued),
+                        Arg::Int(self.inner.max_ttl),
                     ],
                 )
             }
@@ -593,10 +604,17 @@ impl RedisStore {
             }
             JournalOp::RevokeUser { user_id, at } => {
                 check_time("at", *at)?;
-                let ukey = k.user(user_id);
-                let mut args = vec![Arg::Int(now), grace, prefix, Arg::Str(user_id), Arg::Int(*at)];
+                let (ukey, wkey) = (k.user(user_id), k.watermark(user_id));
+                let mut args = vec![
+                    Arg::Int(now),
+                    grace,
+                    prefix,
+                    Arg::Str(user_id),
+                    Arg::Int(*at),
+                    Arg::Int(self.inner.max_ttl),
+                ];
                 args.extend(spare.iter().map(|sid| Arg::Str(sid)));
-                SCRIPTS.revoke_user.command(true, &[&ukey], &args)
+                SCRIPTS.revoke_user.command(true, &[&ukey, &wkey], &args)
             }
         };
         Ok(cmd)

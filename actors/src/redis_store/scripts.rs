@@ -34,6 +34,10 @@ local function index_expire(ukey, grace)
   local top = redis.call('ZRANGE', ukey, -1, -1, 'WITHSCORES')
   if top[2] then redis.call('EXPIREAT', ukey, math.max(1, tonumber(top[2]) + grace)) end
 end
+local function mark_live(wkey, issued, now, max_ttl)
+  local w = tonumber(redis.call('GET', wkey))
+  return w and issued <= w and w + max_ttl > now
+end
 local function unindex(prefix, uid, sid)
   if uid then redis.call('ZREM', prefix .. ':u:' .. uid, sid) end
 end
@@ -62,11 +66,14 @@ return {0}
 "#
 );
 
-/// `create`, and `Put` on replay: KEYS session, tombstone, user index; ARGV now, sid, uid, d,
-/// created_at, created_len, expires_at, grace, prefix.
-/// Answers `{1}` created, `{2, d, e}` existing, `{3}` revoked, `{4}` conflict. A session that
-/// is already dead is stored too (as the embedded store does), and kept until `now` + grace: a
-/// replayed `Expiry` that follows may bring it back.
+/// `create`, and `Put` on replay: KEYS session, tombstone, user index, user watermark; ARGV
+/// now, sid, uid, d, created_at, created_len, expires_at, grace, prefix, issued (the token's
+/// `iat`; `now`, or the replayed session's `created_at`, when it had none), max_ttl.
+/// Answers `{1}` created, `{2, d, e}` existing, `{3}` revoked (a tombstone, or, when the id is
+/// not live, a revoke-all of the user at or after `issued`: then the id is tombstoned until
+/// `expires_at`, so that it answers revoked everywhere), `{4}` conflict. A session that is already dead is stored too
+/// (as the embedded store does), and kept until `now` + grace: a replayed `Expiry` that follows
+/// may bring it back.
 const CREATE: &str = concat!(
     prelude!(),
     r#"
@@ -80,6 +87,10 @@ local ce = tonumber(cur[2])
 if ce and ce > now then
   if cur[1] == uid then return {2, cur[3], ce} end
   return {4}
+end
+if mark_live(KEYS[4], tonumber(ARGV[10]), now, tonumber(ARGV[11])) then
+  put_tomb(KEYS[2], e, grace)
+  return {3}
 end
 if cur[1] and cur[1] ~= uid then unindex(prefix, cur[1], sid) end
 redis.call('DEL', KEYS[1])
@@ -134,9 +145,11 @@ return {1}
 "#
 );
 
-/// `revoke_user`, and `RevokeUser` on replay: KEYS user index; ARGV now, grace, prefix, uid,
-/// cutoff (empty: none; else only sessions with created_at <= cutoff), then the ids to spare
-/// (replay: sessions the journal itself creates after the revoke-all, in the same second).
+/// `revoke_user`, and `RevokeUser` on replay: KEYS user index, user watermark; ARGV now,
+/// grace, prefix, uid, cutoff (empty: none; else only sessions with created_at <= cutoff),
+/// max_ttl, then the ids to spare (replay: sessions the journal itself creates after the
+/// revoke-all, in the same second). Raises the user's watermark to the revoke-all's time (the
+/// cutoff, or now): `create` then refuses tokens issued at or before it for max_ttl seconds.
 /// Prunes dead members; answers the revoked ids and their created_at, flat:
 /// `{sid, t, sid, t, ...}`.
 const REVOKE_USER: &str = concat!(
@@ -144,8 +157,15 @@ const REVOKE_USER: &str = concat!(
     r#"
 local now, grace, prefix, uid = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local cutoff = tonumber(ARGV[5])
+local max_ttl = tonumber(ARGV[6])
 local spare = {}
-for i = 6, #ARGV do spare[ARGV[i]] = true end
+for i = 7, #ARGV do spare[ARGV[i]] = true end
+local at = cutoff or now
+local w = tonumber(redis.call('GET', KEYS[2]))
+if not w or w < at then
+  redis.call('SET', KEYS[2], at)
+  redis.call('EXPIREAT', KEYS[2], math.max(1, at + max_ttl + grace))
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - grace)
 local out = {}
 for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do

@@ -221,6 +221,7 @@ fn put(id: &str, user: &str, created_at: UnixSeconds, expires_at: UnixSeconds) -
     JournalOp::Put {
         session: session_of(id, user, created_at, expires_at),
         created_len: expires_at - created_at,
+        issued_at: None,
     }
 }
 
@@ -487,7 +488,8 @@ async fn revoke_user_revokes_every_live_session_in_list_order() {
     let server = RedisServer::start();
     let st = store_on(&server);
     let now = base_now();
-    assert!(st.revoke_user("u1", now).await.unwrap().is_empty());
+    // An earlier revoke-all (its watermark is before every token below).
+    assert!(st.revoke_user("u1", now - 10).await.unwrap().is_empty());
     st.create(&new_session("b", "u1", now + 100), now).await.unwrap();
     st.create(&new_session("a", "u1", now + 200), now).await.unwrap();
     st.create(&new_session("first", "u1", now + 300), now - 1).await.unwrap();
@@ -586,6 +588,83 @@ async fn a_replayed_create_of_a_revoked_id_is_reported_refused() {
     assert_eq!(live(st.get("fresh", now).await.unwrap()).created_at, now);
 }
 
+#[tokio::test]
+async fn a_revoke_all_refuses_creates_from_tokens_issued_at_or_before_it() {
+    let server = RedisServer::start();
+    let st = store_on(&server);
+    let now = base_now();
+    st.revoke_user("u1", now).await.unwrap();
+    let issued = |id: &str, user: &str, iat: Option<i64>| {
+        let mut n = new_session(id, user, now + 100);
+        n.identity.issued_at = iat;
+        n
+    };
+    for (id, iat) in [("old", Some(now - 30)), ("same", Some(now)), ("none", None)] {
+        let o = st.create(&issued(id, "u1", iat), now).await.unwrap();
+        assert_eq!(o, CreateOutcome::Revoked, "{id}");
+        assert_eq!(st.get(id, now).await.unwrap(), Lookup::Revoked, "{id}");
+    }
+    let o = st.create(&issued("new", "u1", Some(now + 1)), now + 1).await.unwrap();
+    assert!(matches!(o, CreateOutcome::Created(_)), "{o:?}");
+    let o = st.create(&issued("other", "u2", Some(now - 30)), now).await.unwrap();
+    assert!(matches!(o, CreateOutcome::Created(_)), "{o:?}");
+    // A replayed revoke-all sets it at its own time, and never lowers it.
+    st.replay(&entries(vec![JournalOp::RevokeUser { user_id: "u3".into(), at: now - 5 }]), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        st.create(&issued("a", "u3", Some(now - 5)), now).await.unwrap(),
+        CreateOutcome::Revoked
+    );
+    assert!(matches!(
+        st.create(&issued("b", "u3", Some(now - 4)), now).await.unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    st.replay(&entries(vec![JournalOp::RevokeUser { user_id: "u1".into(), at: now - 100 }]), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        st.create(&issued("c", "u1", Some(now - 1)), now).await.unwrap(),
+        CreateOutcome::Revoked
+    );
+    // It ends max_ttl seconds after the revoke-all.
+    let later = now + MAX_TTL;
+    let o = st.create(&issued("d", "u1", Some(now - 1)), later).await.unwrap();
+    assert!(matches!(o, CreateOutcome::Created(_)), "{o:?}");
+}
+
+#[tokio::test]
+async fn a_replayed_create_from_a_token_issued_before_a_revoke_all_is_reported_refused() {
+    // Taken while degraded on one instance; meanwhile another instance revoked all the
+    // user's sessions in Redis. The replayed create must not survive it.
+    let server = RedisServer::start();
+    let st = store_on(&server);
+    let now = base_now();
+    st.revoke_user("u1", now).await.unwrap();
+    let with_iat =
+        |id: &str, created_at: i64, iat: Option<i64>| match put(id, "u1", created_at, now + 100) {
+            JournalOp::Put { session, created_len, .. } => {
+                JournalOp::Put { session, created_len, issued_at: iat }
+            }
+            other => other,
+        };
+    let refused = st
+        .replay(
+            &entries(vec![
+                with_iat("before", now - 20, Some(now - 21)),
+                // No `iat`: its created_at stands for it.
+                with_iat("no-iat", now, None),
+                with_iat("after", now + 1, Some(now + 1)),
+            ]),
+            now + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, ["before", "no-iat"]);
+    assert_eq!(st.get("before", now + 1).await.unwrap(), Lookup::Revoked);
+    assert!(matches!(st.get("after", now + 1).await.unwrap(), Lookup::Live(_)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Atomicity.
 
@@ -602,7 +681,10 @@ async fn revoke_user_misses_no_session_created_concurrently() {
             let (st2, user2) = (st.clone(), user.clone());
             creates.spawn(async move {
                 let sid = format!("r{round}-{i}");
-                let o = st2.create(&new_session(&sid, &user2, now + 600), now).await.unwrap();
+                // Tokens issued after the revoke-alls' time: their watermark refuses none.
+                let mut n = new_session(&sid, &user2, now + 600);
+                n.identity.issued_at = Some(now + 1);
+                let o = st2.create(&n, now).await.unwrap();
                 assert!(matches!(o, CreateOutcome::Created(_)), "{o:?}");
                 sid
             });

@@ -194,6 +194,7 @@ fn body_op(b: &JournalBody<'_>) -> JournalOp {
                     attributes,
                 },
                 created_len: p.created_len,
+                issued_at: p.issued_at,
             }
         }
         JournalBody::Expiry(e) => {
@@ -278,6 +279,7 @@ mod tests {
             created_len: 60,
             attributes: Attrs::Map(&attributes),
             journal: Some(1),
+            issued_at: Some(9),
         };
         let tomb = TombRecord { id: "s1", until: 70, journal: Some(3), user_id: Some("u1") };
         let mut j = Journal::default();
@@ -301,7 +303,7 @@ mod tests {
         assert_eq!(
             ops,
             [
-                JournalOp::Put { session, created_len: 60 },
+                JournalOp::Put { session, created_len: 60, issued_at: Some(9) },
                 JournalOp::Expiry { session_id: "s1".into(), expires_at: 80 },
                 JournalOp::Tomb { session_id: "s1".into(), until: 70, user_id: Some("u1".into()) },
                 JournalOp::RevokeUser { user_id: "u1".into(), at: 20 },
@@ -346,6 +348,7 @@ mod tests {
                 created_len: 86_400,
                 attributes: Attrs::Map(&attrs),
                 journal: None,
+                issued_at: None,
             };
             let seq = j.next_seq();
             j.push(seq, encode_entry(seq, put_body(&p)).unwrap());

@@ -28,7 +28,7 @@ use crate::domain::{JournalEntry, NewSession, Session, UnixSeconds};
 use journal::Journal;
 use record::{
     Attrs, ExpiryRecord, JournalAckRecord, JournalBody, PurgeRecord, PutRecord, Record,
-    RevokeUserRecord, TombRecord,
+    RevokeUserRecord, TombRecord, WatermarkRecord,
 };
 use state::{NewRow, State};
 use writer::{Ack, Writer, WriterSetup};
@@ -97,6 +97,10 @@ pub const JOURNAL_FULL: &str =
 
 /// Snapshot frames are handed to the writer in chunks of about this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+/// The most revoke-all watermarks held; past it the one that ends first is forgotten (with a
+/// warning): the tombstones of the sessions a revoke-all found stay, only the refusal of
+/// older tokens of that user is lost.
+pub const MAX_WATERMARKS: usize = 100_000;
 
 /// What loading found.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -424,7 +428,22 @@ impl StoreCore {
             drop(st);
             return (outcome, self.barrier());
         }
+        // A revoke-all of the user refuses every token issued at or before it (one without
+        // `iat` counts as issued now): a re-create of a session it revoked elsewhere, or a
+        // session of a token stolen before it, is refused, and the id tombstoned until the
+        // session would have expired (as Redis does), so that it answers revoked.
+        let issued = new.identity.issued_at.unwrap_or(now);
+        let marked = st.watermark(&new.identity.user_id, now).is_some_and(|at| issued <= at);
         drop(st);
+        if marked {
+            // Taken while degraded, the revocation goes to Redis too (as a DELETE would).
+            let durable = if journal {
+                self.revoke_journaled(id, now).1
+            } else {
+                self.tomb_refused(id, new.expires_at, now)
+            };
+            return (CreateOutcome::Revoked, durable);
+        }
         if journal && !self.journal_room(1) {
             return (CreateOutcome::Full, Durable::ready());
         }
@@ -448,6 +467,7 @@ impl StoreCore {
             created_len,
             attributes: Attrs::Map(&new.attributes),
             journal: seq,
+            issued_at: ident.issued_at,
         };
         let entry = match seq.map(|seq| journal::encode_entry(seq, journal::put_body(&put))) {
             Some(Err(e)) => return (CreateOutcome::Full, Durable::failed(store_err(e))),
@@ -716,7 +736,12 @@ impl StoreCore {
         if journal && !self.journal_room(live.len().saturating_add(1)) {
             return (Vec::new(), journal_full());
         }
-        if live.is_empty() && !journal {
+        // The watermark: tokens of the user issued at or before the revoke-all create nothing
+        // here afterwards (a local revoke-all is at `now`, a mirrored one at its own time).
+        let at = if created_by == UnixSeconds::MAX { now } else { created_by };
+        let until = at.saturating_add(self.max_ttl);
+        let mark = self.st().watermark(uid, now).is_none_or(|old| old < at);
+        if live.is_empty() && !journal && !mark {
             return (Vec::new(), self.barrier());
         }
         live.sort();
@@ -739,6 +764,12 @@ impl StoreCore {
                 return (Vec::new(), Durable::failed(store_err(e)));
             }
         }
+        if mark {
+            let rec = Record::Watermark(WatermarkRecord { user_id: uid, at, until });
+            if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
+                return (Vec::new(), Durable::failed(store_err(e)));
+            }
+        }
         if journal {
             let seq = first_seq + live.len() as u64;
             let body = JournalBody::RevokeUser(RevokeUserRecord { user_id: uid, at: now });
@@ -756,6 +787,16 @@ impl StoreCore {
             for (_, id, until) in &live {
                 st.put_tombstone(id, *until);
             }
+            if mark {
+                if st.watermark(uid, now).is_none() && st.watermark_count() >= MAX_WATERMARKS {
+                    ::log::warn!(
+                        "{MAX_WATERMARKS} revoke-all watermarks held: the one ending first is \
+                         forgotten"
+                    );
+                    st.evict_oldest_watermark();
+                }
+                st.raise_watermark(uid, at, until);
+            }
         }
         let durable = self.submit_scratch();
         for (seq, payload) in entries {
@@ -764,6 +805,24 @@ impl StoreCore {
         self.check_capacity();
         self.after_write(now);
         (live.into_iter().map(|(_, id, _)| id).collect(), durable)
+    }
+
+    /// Tombstones the id of a create refused by a revoke-all watermark until `until` (the
+    /// embedded store's answer; Redis does the same in its create script).
+    fn tomb_refused(&mut self, id: &str, until: UnixSeconds, now: UnixSeconds) -> Durable {
+        if until <= now || self.st().tombstone(id).is_some_and(|t| t >= until) {
+            return self.barrier();
+        }
+        self.scratch.clear();
+        if let Err(e) =
+            record::encode_frame(&mut self.scratch, &Record::Tomb(TombRecord::plain(id, until)))
+        {
+            return Durable::failed(store_err(e));
+        }
+        self.st_mut().put_tombstone(id, until);
+        let durable = self.submit_scratch();
+        self.after_write(now);
+        durable
     }
 
     /// Mirror (Redis mode): stores `session` as Redis holds it, replacing any session with
@@ -818,6 +877,7 @@ impl StoreCore {
             created_len,
             attributes: Attrs::Map(&session.attributes),
             journal: None,
+            issued_at: None,
         });
         self.scratch.clear();
         if let Err(e) = record::encode_frame(&mut self.scratch, &rec) {
@@ -1122,7 +1182,15 @@ impl StoreCore {
                 created_len: f.created_len,
                 attributes: Attrs::Pairs(f.attributes),
                 journal: None,
+                issued_at: None,
             });
+            push_snapshot_record(&mut self.writer, &mut chunk, &rec, &mut records);
+        }
+        for (user_id, at, until) in st.watermarks() {
+            if until <= now {
+                continue;
+            }
+            let rec = Record::Watermark(WatermarkRecord { user_id, at, until });
             push_snapshot_record(&mut self.writer, &mut chunk, &rec, &mut records);
         }
         for (id, until) in st.tombstones() {
@@ -1177,6 +1245,12 @@ impl StoreReader {
     /// A user's live sessions, as [`StoreCore::list_user`].
     pub fn list_user(&self, uid: &str, now: UnixSeconds) -> Vec<Session> {
         list_for_user(&self.state.read().unwrap_or_else(PoisonError::into_inner), uid, now)
+    }
+
+    /// The time of the user's latest revoke-all known here, while its watermark lasts
+    /// (`sessions.max_ttl_seconds` after it): tokens issued at or before it are revoked.
+    pub fn watermark(&self, uid: &str, now: UnixSeconds) -> Option<UnixSeconds> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner).watermark(uid, now)
     }
 }
 
@@ -1296,6 +1370,9 @@ fn apply_record(state: &mut State, jrn: &mut Journal, rec: Record<'_>) {
             state.put_tombstone(t.id, t.until);
         }
         Record::Purge(p) => state.purge(p.id),
+        Record::Watermark(w) => {
+            state.raise_watermark(w.user_id, w.at, w.until);
+        }
         Record::Journal(j) => jrn.load_entry(j.seq, j.op),
         Record::JournalAck(a) => jrn.load_ack(a.up_to, a.next_seq),
     }

@@ -25,7 +25,7 @@ pub const FRAME_HEADER_LEN: usize = 8;
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// The record kinds this build understands (the `k` of the payload).
-pub const KNOWN_KINDS: [&str; 6] = ["put", "exp", "tomb", "jrn", "jack", "purge"];
+pub const KNOWN_KINDS: [&str; 7] = ["put", "exp", "tomb", "jrn", "jack", "purge", "wm"];
 
 /// A file header for `FORMAT_VERSION` with the given base length.
 pub fn header(base_len: u64) -> [u8; HEADER_LEN] {
@@ -167,6 +167,26 @@ pub struct PutRecord<'a> {
     /// yet replayed. Left out when not journaled.
     #[serde(rename = "j", default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<u64>,
+    /// The `iat` of the token that created it, when it had one and the create was taken
+    /// here (a replayed create is refused when a revoke-all of the user came after the token
+    /// was issued). Left out when unknown (mirrored sessions, tokens without `iat`).
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<UnixSeconds>,
+}
+
+/// A user's revoke-all watermark: tokens of the user issued at or before `at` create no
+/// session here until `until` (see `docs/storage.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkRecord<'a> {
+    /// User id.
+    #[serde(rename = "u", borrow)]
+    pub user_id: &'a str,
+    /// When the revoke-all was taken.
+    #[serde(rename = "a")]
+    pub at: UnixSeconds,
+    /// When the watermark stops mattering (`at` + `sessions.max_ttl_seconds`).
+    #[serde(rename = "t")]
+    pub until: UnixSeconds,
 }
 
 /// A new expiry for a live session (`refresh`).
@@ -304,6 +324,9 @@ pub enum Record<'a> {
     /// A session id forgotten entirely (session and tombstone).
     #[serde(rename = "purge", borrow)]
     Purge(PurgeRecord<'a>),
+    /// A user's revoke-all watermark was raised (or is restated by a snapshot).
+    #[serde(rename = "wm", borrow)]
+    Watermark(WatermarkRecord<'a>),
 }
 
 /// Only the tag, to recognise records of kinds a later version added.
@@ -439,6 +462,7 @@ mod tests {
             created_len: 100,
             attributes: Attrs::Map(attrs),
             journal: None,
+            issued_at: None,
         })
     }
 

@@ -241,6 +241,8 @@ pub(crate) struct State {
     sessions: HashMap<Arc<str>, Slot>,
     users: HashMap<Box<str>, UserSids>,
     tombstones: HashMap<Box<str>, UnixSeconds>,
+    /// Revoke-all watermarks by user: `(at, until)`.
+    watermarks: HashMap<Box<str>, (UnixSeconds, UnixSeconds)>,
     /// Reused to build blobs.
     scratch: Vec<u8>,
 }
@@ -390,6 +392,7 @@ impl State {
             false
         });
         self.tombstones.retain(|_, until| *until > now);
+        self.watermarks.retain(|_, (_, until)| *until > now);
         let after = self.sessions.len() + self.tombstones.len();
         let dropped = before - after;
         if dropped > 0 && self.sessions.capacity() > 4 * self.sessions.len().max(1024) {
@@ -412,11 +415,52 @@ impl State {
         self.tombstones.iter().map(|(k, v)| (&**k, *v))
     }
 
+    /// The user's revoke-all watermark (`at`) while it matters at `now`.
+    pub fn watermark(&self, user: &str, now: UnixSeconds) -> Option<UnixSeconds> {
+        self.watermarks.get(user).filter(|(_, until)| *until > now).map(|(at, _)| *at)
+    }
+
+    /// Raises the user's watermark to `at` (kept until `until`); each part only goes up.
+    /// Answers whether anything changed.
+    pub fn raise_watermark(&mut self, user: &str, at: UnixSeconds, until: UnixSeconds) -> bool {
+        match self.watermarks.get_mut(user) {
+            Some((a, u)) => {
+                let changed = at > *a || until > *u;
+                *a = (*a).max(at);
+                *u = (*u).max(until);
+                changed
+            }
+            None => {
+                self.watermarks.insert(Box::from(user), (at, until));
+                true
+            }
+        }
+    }
+
+    /// Forgets the watermark whose `until` comes first (the map is full).
+    pub fn evict_oldest_watermark(&mut self) {
+        let oldest = self.watermarks.iter().min_by_key(|(_, (_, until))| *until);
+        if let Some(user) = oldest.map(|(u, _)| u.clone()) {
+            self.watermarks.remove(&user);
+        }
+    }
+
+    /// How many watermarks are held.
+    pub fn watermark_count(&self) -> usize {
+        self.watermarks.len()
+    }
+
+    /// Every watermark `(user, at, until)`, for snapshots.
+    pub fn watermarks(&self) -> impl Iterator<Item = (&str, UnixSeconds, UnixSeconds)> {
+        self.watermarks.iter().map(|(k, (a, u))| (&**k, *a, *u))
+    }
+
     /// Releases spare capacity (after loading).
     pub fn shrink(&mut self) {
         self.sessions.shrink_to_fit();
         self.users.shrink_to_fit();
         self.tombstones.shrink_to_fit();
+        self.watermarks.shrink_to_fit();
     }
 }
 

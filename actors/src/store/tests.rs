@@ -340,6 +340,106 @@ fn revoke_user_revokes_every_live_session() {
     assert_eq!(s.get("b", NOW + 50), Lookup::Revoked);
 }
 
+fn create_issued(
+    s: &mut StoreCore,
+    id: &str,
+    user: &str,
+    iat: Option<UnixSeconds>,
+    now: UnixSeconds,
+    journaled: bool,
+) -> CreateOutcome {
+    let mut n = new_session(id, user, now + 100);
+    n.identity.issued_at = iat;
+    let (o, d) = if journaled { s.create_journaled(n, now) } else { s.create(n, now) };
+    wait(d);
+    o
+}
+
+#[test]
+fn a_revoke_all_refuses_tokens_of_the_user_issued_at_or_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    let (_, d) = s.revoke_user("u1", NOW);
+    wait(d);
+    for journaled in [false, true] {
+        // Issued before, in the same second, or without `iat` (counts as issued now).
+        for (id, iat) in [("old", Some(NOW - 30)), ("same", Some(NOW)), ("none", None)] {
+            let id = format!("{id}{journaled}");
+            let o = create_issued(&mut s, &id, "u1", iat, NOW, journaled);
+            assert_eq!(o, CreateOutcome::Revoked, "{id}");
+            // Tombstoned: it answers revoked.
+            assert_eq!(s.get(&id, NOW), Lookup::Revoked, "{id}");
+        }
+        // A later token, or another user's, creates.
+        let o = create_issued(
+            &mut s,
+            &format!("new{journaled}"),
+            "u1",
+            Some(NOW + 1),
+            NOW + 1,
+            journaled,
+        );
+        assert!(matches!(o, CreateOutcome::Created(_)), "{o:?}");
+        let o = create_issued(
+            &mut s,
+            &format!("other{journaled}"),
+            "u2",
+            Some(NOW - 30),
+            NOW,
+            journaled,
+        );
+        assert!(matches!(o, CreateOutcome::Created(_)), "{o:?}");
+    }
+    // Refused while journaling, the revocation is journaled too (for Redis); the creates are not.
+    let journaled: Vec<String> = s
+        .pending_journal(10)
+        .into_iter()
+        .map(|e| match e.op {
+            JournalOp::Put { session, .. } => format!("put {}", session.session_id),
+            JournalOp::Tomb { session_id, .. } => format!("tomb {session_id}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        journaled,
+        ["tomb oldtrue", "tomb sametrue", "tomb nonetrue", "put newtrue", "put othertrue"]
+    );
+    // The watermark survives a reopen and a compaction, and ends after max_ttl.
+    s.compact(NOW + 1);
+    s.flush().unwrap();
+    drop(s);
+    let (mut s, _) = open_at(dir.path(), NOW + 2);
+    assert_eq!(
+        create_issued(&mut s, "old2", "u1", Some(NOW - 1), NOW + 2, true),
+        CreateOutcome::Revoked
+    );
+    let later = NOW + MAX_TTL;
+    assert!(matches!(
+        create_issued(&mut s, "old3", "u1", Some(NOW - 1), later, false),
+        CreateOutcome::Created(_)
+    ));
+}
+
+#[test]
+fn a_mirrored_revoke_all_sets_the_watermark_at_its_own_time_and_only_raises_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_at(dir.path(), NOW);
+    wait(s.mirror_revoke_user("u1", NOW - 10, NOW));
+    // An older mirrored revoke-all does not lower it.
+    wait(s.mirror_revoke_user("u1", NOW - 50, NOW));
+    assert_eq!(create_issued(&mut s, "a", "u1", Some(NOW - 10), NOW, true), CreateOutcome::Revoked);
+    assert!(matches!(
+        create_issued(&mut s, "b", "u1", Some(NOW - 9), NOW, true),
+        CreateOutcome::Created(_)
+    ));
+    drop(s);
+    let (mut s, _) = open_at(dir.path(), NOW);
+    assert_eq!(
+        create_issued(&mut s, "c", "u1", Some(NOW - 11), NOW, false),
+        CreateOutcome::Revoked
+    );
+}
+
 // ---- sweep ----------------------------------------------------------------------------------
 
 #[test]
@@ -716,6 +816,7 @@ fn put_op(id: &str, user: &str, created_at: UnixSeconds, expires_at: UnixSeconds
     JournalOp::Put {
         session: session_of(id, user, created_at, expires_at),
         created_len: expires_at - created_at,
+        issued_at: None,
     }
 }
 
@@ -905,14 +1006,14 @@ fn the_journal_survives_compaction_and_reopen_with_seq_continuity() {
     let expect = ops(&s);
     assert_eq!(expect.len(), 4);
     s.compact(NOW + 1);
-    jcreate(&mut s, "c", "u2", NOW + 100, NOW + 1);
+    jcreate(&mut s, "c", "u3", NOW + 100, NOW + 1);
     s.flush().unwrap();
     assert_eq!(s.stats().generation, 2);
     drop(s);
     let (mut s, report) = open_at(dir.path(), NOW + 1);
     assert_eq!(report.generation, 2);
     let mut after = expect.clone();
-    after.push((6, put_op("c", "u2", NOW + 1, NOW + 100)));
+    after.push((6, put_op("c", "u3", NOW + 1, NOW + 100)));
     assert_eq!(ops(&s), after);
     assert_eq!(report.journal_next_seq, 7);
     assert_eq!(s.get("a", NOW + 1), Lookup::Revoked);
@@ -1187,6 +1288,8 @@ enum Op {
         user: u8,
         ttl: i64,
         j: bool,
+        /// The token's `iat` relative to now (`None`: no `iat`).
+        iat: Option<i64>,
     },
     Get {
         id: u8,
@@ -1238,8 +1341,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let j = any::<bool>();
     let store_ops = prop_oneof![
-        4 => (0u8..12, 0u8..4, 1i64..200, j)
-            .prop_map(|(id, user, ttl, j)| Op::Create { id, user, ttl, j }),
+        4 => (0u8..12, 0u8..4, 1i64..200, j, proptest::option::of(-100i64..3))
+            .prop_map(|(id, user, ttl, j, iat)| Op::Create { id, user, ttl, j, iat }),
         2 => (0u8..12).prop_map(|id| Op::Get { id }),
         2 => (0u8..12, proptest::option::of(0i64..200), j)
             .prop_map(|(id, ttl, j)| Op::Refresh { id, ttl, j }),
@@ -1267,13 +1370,21 @@ const MODEL_MAX_TTL: i64 = 150;
 struct Model {
     sessions: HashMap<String, (Session, i64)>,
     tombs: HashMap<String, i64>,
+    /// Revoke-all watermarks by user: (at, until).
+    marks: HashMap<String, (i64, i64)>,
     journal: Vec<JournalEntry>,
     next_seq: u64,
 }
 
 impl Default for Model {
     fn default() -> Self {
-        Model { sessions: HashMap::new(), tombs: HashMap::new(), journal: Vec::new(), next_seq: 1 }
+        Model {
+            sessions: HashMap::new(),
+            tombs: HashMap::new(),
+            marks: HashMap::new(),
+            journal: Vec::new(),
+            next_seq: 1,
+        }
     }
 }
 
@@ -1300,6 +1411,21 @@ impl Model {
                 CreateOutcome::Conflict
             };
         }
+        let issued = n.identity.issued_at.unwrap_or(now);
+        if self
+            .marks
+            .get(&n.identity.user_id)
+            .is_some_and(|(at, until)| *until > now && issued <= *at)
+        {
+            if j {
+                self.revoke(&id, now, true);
+            } else if n.expires_at > now {
+                self.sessions.remove(&id);
+                let t = self.tombs.entry(id).or_insert(n.expires_at);
+                *t = (*t).max(n.expires_at);
+            }
+            return CreateOutcome::Revoked;
+        }
         let s = Session {
             session_id: id.clone(),
             user_id: n.identity.user_id,
@@ -1313,7 +1439,11 @@ impl Model {
         self.tombs.remove(&id);
         self.sessions.insert(id, (s.clone(), n.expires_at - now));
         if j {
-            self.journal(JournalOp::Put { session: s.clone(), created_len: n.expires_at - now });
+            self.journal(JournalOp::Put {
+                session: s.clone(),
+                created_len: n.expires_at - now,
+                issued_at: n.identity.issued_at,
+            });
         }
         CreateOutcome::Created(s)
     }
@@ -1365,6 +1495,9 @@ impl Model {
         for id in &ids {
             self.revoke(id, now, j);
         }
+        let mark = self.marks.entry(user.to_string()).or_insert((now, now + MODEL_MAX_TTL));
+        mark.0 = mark.0.max(now);
+        mark.1 = mark.1.max(now + MODEL_MAX_TTL);
         if j {
             self.journal(JournalOp::RevokeUser { user_id: user.into(), at: now });
         }
@@ -1418,6 +1551,7 @@ impl Model {
         let before = self.sessions.len() + self.tombs.len();
         self.sessions.retain(|_, (s, _)| s.expires_at > now);
         self.tombs.retain(|_, t| *t > now);
+        self.marks.retain(|_, (_, until)| *until > now);
         before - self.sessions.len() - self.tombs.len()
     }
 }
@@ -1443,8 +1577,9 @@ proptest! {
         let mut m = Model::default();
         for op in ops {
             match op {
-                Op::Create { id, user, ttl, j } => {
-                    let n = new_session(&format!("s{id}"), &format!("u{user}"), now + ttl);
+                Op::Create { id, user, ttl, j, iat } => {
+                    let mut n = new_session(&format!("s{id}"), &format!("u{user}"), now + ttl);
+                    n.identity.issued_at = iat.map(|off| now + off);
                     let (got, d) = if j {
                         s.create_journaled(n.clone(), now)
                     } else {
@@ -1592,6 +1727,7 @@ fn write_typical_log(dir: &Path, n: usize, now: UnixSeconds) {
                 created_len: 86_400,
                 attributes: Attrs::Map(&attrs),
                 journal: None,
+                issued_at: None,
             }),
         )
         .unwrap();
