@@ -153,6 +153,7 @@ impl Handler<CheckHealth> for FallbackStore {
                 "last_fsync_ago_ms": s.last_fsync_at_ms.map(|t| now_ms.saturating_sub(t)),
                 "compactions": s.compactions,
                 "mirror_skipped": s.mirror_skipped,
+                "revoke_all_watermarks": s.watermarks,
             }),
         ))
     }

@@ -163,6 +163,9 @@ pub struct StoreStats {
     pub journal_acked_seq: u64,
     /// Mirror puts of new sessions skipped because `max_entries` were held, since open.
     pub mirror_skipped: u64,
+    /// Revoke-all watermarks held (users whose older tokens are refused), at most
+    /// [`MAX_WATERMARKS`].
+    pub watermarks: usize,
 }
 
 /// A durability failure: the write could not be made durable and is not acknowledged.
@@ -1058,6 +1061,7 @@ impl StoreCore {
             journal_next_seq: self.journal.next_seq(),
             journal_acked_seq: self.journal.acked(),
             mirror_skipped: self.mirror_skipped,
+            watermarks: st.watermark_count(),
         }
     }
 
