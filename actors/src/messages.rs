@@ -289,9 +289,9 @@ pub struct RegisterConnection {
     pub validated_at: std::time::Instant,
     /// Where the gateway sends this connection's events.
     pub recipient: Recipient<ToConnection>,
-    /// The session's `created_at`, when the validation knew the session: a revoke-all taken
-    /// before it does not close this connection (a degraded-mode answer without a session
-    /// counts as covered).
+    /// The session's `created_at` when the validation knew the session, else its token's `iat`
+    /// (no session is created before its token is issued): a revoke-all taken before it does
+    /// not close this connection. `None` (neither known) counts as covered.
     pub created_at: Option<i64>,
 }
 

@@ -222,7 +222,13 @@ pub async fn upgrade(
         user_id: validation.identity.user_id.clone(),
         validated_at,
         recipient: ctx.address().recipient(),
-        created_at: validation.session.as_ref().map(|s| s.created_at),
+        // Unknown session (a degraded `jwt_only` answer): its token's `iat` bounds when it
+        // was created, and a revoke-all before that does not cover it (the watermark).
+        created_at: validation
+            .session
+            .as_ref()
+            .map(|s| s.created_at)
+            .or(validation.identity.issued_at),
     };
     let admission = state
         .gateway

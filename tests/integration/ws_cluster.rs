@@ -271,6 +271,11 @@ fn ws_a_revoke_all_held_back_by_an_outage_spares_sessions_created_after_it() {
     let new = token("u-1", "lr-new");
     b.create(&new).expect_status(201);
     let (mut on_b, _) = open(&b, &new);
+    // Also a new login through A, with a socket on B, which cannot see that session (degraded,
+    // `jwt_only`): its token was issued after the revoke-all, so the late event spares it too.
+    let new_on_a = token("u-1", "lr-new-a");
+    a.create(&new_on_a).expect_status(201);
+    let (mut unknown_on_b, _) = open(&b, &new_on_a);
 
     redis.restart_keeping_data();
     wait_bus_up(&a, "A after Redis came back");
@@ -281,11 +286,16 @@ fn ws_a_revoke_all_held_back_by_an_outage_spares_sessions_created_after_it() {
         (relayed >= 1).then_some(())
     });
     assert!(heard.is_some(), "B never heard A's revoke-all: {}", coordinator_details(&b));
-    let heard = on_b.ping_barrier("the new session's socket on B");
-    assert!(
-        heard.iter().all(|v| v["event"].as_str().is_some_and(|e| e.starts_with("service."))),
-        "the new session's socket heard more than service events: {heard:?}"
-    );
+    for (what, socket) in [
+        ("the new session's socket on B", &mut on_b),
+        ("the socket on B of the new session B never held", &mut unknown_on_b),
+    ] {
+        let heard = socket.ping_barrier(what);
+        assert!(
+            heard.iter().all(|v| v["event"].as_str().is_some_and(|e| e.starts_with("service."))),
+            "{what} heard more than service events: {heard:?}"
+        );
+    }
     assert_now("the new session on B", || check_normal(&b.validate(&new), "lr-new"));
     assert_now("the new session on A", || check_normal(&a.validate(&new), "lr-new"));
     assert_now("the old session on B", || b.validate(&old).check_error(401, "session_revoked"));
