@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::http::KeepAlive;
+use actix_web::{App, web};
 use sessiond_actors::backend::{Backend, ConfirmCache, DegradedPolicy, ModeFlag, RedisSide};
 use sessiond_actors::breaker::{BreakerSettings, Clock, SharedBreaker, SystemClock};
 use sessiond_actors::coordinator::{Coordinator, CoordinatorRedis, random_instance_id};
@@ -41,6 +45,11 @@ const PROBE_MAX: Duration = Duration::from_secs(1);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long WebSockets get to close (1001) after a stop signal, before the server stops.
 const WS_CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection being closed waits for the client's side (actix-web's
+/// `HttpServer` default `client_disconnect_timeout`).
+const CLIENT_DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+/// The listen backlog (actix-web's `HttpServer` default).
+const LISTEN_BACKLOG: i32 = 1024;
 /// How long the final flush of the fallback store may take at shutdown.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
@@ -244,11 +253,18 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         n => n,
     };
-    let server = HttpServer::new(move || {
-        // One validator per worker: requests reach it without crossing threads.
-        let validator = SessionValidator::new(Arc::clone(&pipeline)).start();
-        coordinator_data
-            .do_send(Watch { name: "session_validator", actor: validator.clone().recipient() });
+    let keep_alive = match config.server.keep_alive_seconds {
+        0 => KeepAlive::Disabled,
+        n => KeepAlive::Timeout(Duration::from_secs(n)),
+    };
+    let client_request_timeout = Duration::from_millis(config.server.client_request_timeout_ms);
+    let cannot_listen = |e: std::io::Error| {
+        StartError(format!("cannot listen on {} (server.listen): {e}", p.listen))
+    };
+    let listener = tcp_listener(p.listen).map_err(cannot_listen)?;
+    let addr = listener.local_addr().map_err(cannot_listen)?;
+    let bound = vec![addr];
+    let app = move |validator: Addr<SessionValidator>| {
         App::new()
             .app_data(operations.clone())
             .app_data(web::Data::new(validator))
@@ -262,21 +278,46 @@ async fn run(p: Prepared) -> Result<(), StartError> {
             .route(&ws_path, web::get().to(ws::handshake::upgrade))
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
-    })
-    .workers(workers)
-    // actix counts connections per worker: the total is split evenly (rounded up).
-    .max_connections(config.server.max_connections.div_ceil(workers))
-    .client_request_timeout(Duration::from_millis(config.server.client_request_timeout_ms))
-    .keep_alive(match config.server.keep_alive_seconds {
-        0 => actix_web::http::KeepAlive::Disabled,
-        n => actix_web::http::KeepAlive::Timeout(Duration::from_secs(n)),
-    })
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-    .bind(p.listen)
-    .map_err(|e| StartError(format!("cannot listen on {} (server.listen): {e}", p.listen)))?;
-    let bound = server.addrs();
-    let server = server.run();
+    };
+    let watcher = coordinator.clone();
+    let builder = actix_server::Server::build();
+    let shutdown_signal = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(workers)
+        // actix counts connections per worker: the total is split evenly (rounded up).
+        .max_concurrent_connections(config.server.max_connections.div_ceil(workers))
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .listen(format!("actix-web-service-{addr}"), listener, move || {
+            // One validator per worker: requests reach it without crossing threads.
+            let validator = SessionValidator::new(Arc::clone(&pipeline)).start();
+            watcher
+                .do_send(Watch { name: "session_validator", actor: validator.clone().recipient() });
+            let host = addr.to_string();
+            let app_factory = |validator| {
+                let host = host.clone();
+                map_config(
+                    app(validator).into_factory().map_err(|e: actix_web::Error| e.error_response()),
+                    // What actix-web's HttpServer gives each App: host name and local address.
+                    move |()| AppConfig::__priv_test_new(false, host.clone(), addr),
+                )
+            };
+            let signal = shutdown_signal.clone();
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let signal = signal.clone();
+                    async move { signal.notified().await }
+                })
+                .keep_alive(keep_alive)
+                .client_request_timeout(client_request_timeout)
+                .client_disconnect_timeout(CLIENT_DISCONNECT_GRACE)
+                .h1_allow_half_closed(true)
+                .local_addr(addr)
+                .finish(app_factory(validator))
+                .tcp()
+        })
+        .map_err(cannot_listen)?
+        .run();
     // Our own handlers, installed before anyone is told we are ready: actix installs its own
     // only once the server is first polled, and a SIGTERM before that would kill the process
     // without the flush.
@@ -319,7 +360,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
 /// Stops the server gracefully on the first SIGTERM or SIGINT: WebSockets are closed with
 /// 1001 first (bounded by `WS_CLOSE_GRACE`), then the server stops.
 fn stop_on_signals(
-    handle: actix_web::dev::ServerHandle,
+    handle: actix_server::ServerHandle,
     gateway: Addr<WsGateway>,
     notifier: Notifier,
 ) -> Result<(), StartError> {
@@ -347,6 +388,17 @@ fn stop_on_signals(
         handle.stop(true).await;
     });
     Ok(())
+}
+
+/// The listening socket, as actix-web's `HttpServer::bind` makes it: `SO_REUSEADDR`, a
+/// backlog of `LISTEN_BACKLOG`.
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// The Redis side of the pipeline and of the Coordinator, when `sessions.redis_url` is set.
