@@ -11,6 +11,7 @@ mod request_id;
 mod routes;
 mod self_test;
 mod startup;
+mod upgrade;
 mod ws;
 
 fn main() {

@@ -33,6 +33,7 @@ use crate::request_id::{IdSource, RequestIds};
 use crate::routes::health::Operations;
 use crate::routes::{self, Readiness};
 use crate::self_test::SelfTest;
+use crate::upgrade::Upgrades;
 use crate::{config, dev_keys, notify, ws};
 
 /// Redis connections in the pool (each HTTP worker's requests share them).
@@ -289,7 +290,8 @@ async fn run(p: Prepared) -> Result<(), StartError> {
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .listen(format!("actix-web-service-{addr}"), listener, move || {
-            // One validator per worker: requests reach it without crossing threads.
+            // One validator per worker: requests reach it without crossing threads. The
+            // upgrade service answers through its own instance of the same App.
             let validator = SessionValidator::new(Arc::clone(&pipeline)).start();
             watcher
                 .do_send(Watch { name: "session_validator", actor: validator.clone().recipient() });
@@ -313,6 +315,7 @@ async fn run(p: Prepared) -> Result<(), StartError> {
                 .client_disconnect_timeout(CLIENT_DISCONNECT_GRACE)
                 .h1_allow_half_closed(true)
                 .local_addr(addr)
+                .upgrade(Upgrades::new(app_factory(validator.clone()), CLIENT_DISCONNECT_GRACE))
                 .finish(app_factory(validator))
                 .tcp()
         })

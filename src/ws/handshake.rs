@@ -15,6 +15,8 @@
 //!    with neither → 400 `bad_request` (every standard client fails a handshake whose answer
 //!    names no subprotocol or one it did not offer).
 //! 5. The WebSocket handshake itself (a request that is no upgrade → 400 `bad_request`).
+//!    The `101` goes out through the upgrade service ([`crate::upgrade`]), which hands the
+//!    raw socket to the connection.
 //! 6. Admission by the WsGateway: 503 `too_many_connections` (instance full), 429
 //!    `too_many_connections` (user's limit), 503 `shutting_down`.
 
@@ -176,10 +178,11 @@ fn admission_refused(r: AdmissionRefused) -> ApiError {
     ApiError::new(status, code, r.to_string())
 }
 
-/// The `GET <ws.path>` handler.
+/// The `GET <ws.path>` handler. Its `101` carries the connection's start
+/// ([`transport::Handoff`]); the upgrade service ([`crate::upgrade`]) writes it and hands
+/// the socket over.
 pub async fn upgrade(
     req: HttpRequest,
-    payload: web::Payload,
     validator: web::Data<Addr<SessionValidator>>,
     state: web::Data<WsState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -206,13 +209,8 @@ pub async fn upgrade(
         .map_err(|f| from_failure(f, Surface::Token))?;
 
     let encoding = negotiate(&offered).map_err(ApiError::bad_request)?;
-    let upgraded = transport::upgrade(
-        &req,
-        payload,
-        encoding.map(Encoding::protocol),
-        settings.max_message_bytes,
-    )
-    .map_err(ApiError::bad_request)?;
+    let response =
+        transport::accept(&req, encoding.map(Encoding::protocol)).map_err(ApiError::bad_request)?;
 
     // The connection's address exists before it runs, so the gateway can index it first.
     let mut ctx = Context::<WsConnection>::new();
@@ -236,21 +234,15 @@ pub async fn upgrade(
         .await
         .map_err(|_| ApiError::internal())?
         .map_err(admission_refused)?;
-    let accepted = Accepted {
-        admission,
-        validation,
-        encoding: encoding.unwrap_or(Encoding::Json),
-        socket: upgraded.socket,
-        inbound: upgraded.inbound,
-    };
-    let connection = WsConnection::new(
-        accepted,
-        state.gateway.clone(),
-        validator.get_ref().clone(),
-        Arc::clone(&state.settings),
-    );
-    ctx.run(connection);
-    Ok(upgraded.response)
+    let gateway = state.gateway.clone();
+    let validator = validator.get_ref().clone();
+    let settings = Arc::clone(&state.settings);
+    let encoding = encoding.unwrap_or(Encoding::Json);
+    let handoff = transport::Handoff::new(settings.max_message_bytes, move |socket, inbound| {
+        let accepted = Accepted { admission, validation, encoding, socket, inbound };
+        ctx.run(WsConnection::new(accepted, gateway, validator, settings));
+    });
+    Ok(transport::switch(response, handoff))
 }
 
 #[cfg(test)]

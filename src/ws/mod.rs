@@ -6,7 +6,8 @@
 //! - [`session`]: the per-connection actor (welcome, heartbeat, refresh, expiry, close codes).
 //! - [`frames`]: server → client and client → server frames, JSON or MessagePack.
 //! - [`outbox`]: the connection's bounded outbound queue.
-//! - [`transport`]: the only file that touches the WebSocket library.
+//! - [`transport`]: the only file that touches the WebSocket library; it runs on the raw socket
+//!   the upgrade service ([`crate::upgrade`]) takes out of actix-http's HTTP/1 dispatcher.
 //!
 //! The registry and the routing of events live in the actors crate (`WsGateway`).
 
