@@ -35,3 +35,4 @@ mod ws_auth;
 mod ws_cluster;
 mod ws_events;
 mod ws_limits;
+mod ws_transport;
