@@ -13,8 +13,8 @@
 //! - any other answer goes out with `Connection: close`, as actix-http answered an upgrade
 //!   request it did not upgrade.
 //!
-//! Either way the connection is then shut down and the client gets
-//! `client_disconnect_timeout` to close its side. The future lives as long as the
+//! Either way the client then gets `client_disconnect_timeout` to close its side before the
+//! connection is shut down, as actix-http's dispatcher did. The future lives as long as the
 //! connection, so WebSockets keep counting towards `server.max_connections` and the graceful
 //! stop waits for them.
 
@@ -207,11 +207,12 @@ async fn write_response(conn: &mut Conn, res: Response<BoxBody>) -> io::Result<(
     }
 }
 
-/// Shuts the connection down, then gives the client `linger` to close its side (what it
-/// still sends is read and dropped, so the close is not turned into a reset).
+/// Closes the connection as actix-http's dispatcher closed an answered upgrade request: the
+/// client gets `linger` to close its side first (what it still sends is read and dropped, so
+/// the close is not turned into a reset), then the connection is shut down.
 async fn close(mut io: TcpStream, linger: Duration) {
-    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
     let _ = tokio::time::timeout(linger, poll_fn(|cx| drain(&io, cx))).await;
+    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
 }
 
 /// Reads and drops until EOF or an error.
