@@ -295,13 +295,13 @@ async fn run(p: Prepared) -> Result<(), StartError> {
             let validator = SessionValidator::new(Arc::clone(&pipeline)).start();
             watcher
                 .do_send(Watch { name: "session_validator", actor: validator.clone().recipient() });
-            let host = addr.to_string();
             let app_factory = |validator| {
-                let host = host.clone();
                 map_config(
                     app(validator).into_factory().map_err(|e: actix_web::Error| e.error_response()),
-                    // What actix-web's HttpServer gives each App: host name and local address.
-                    move |()| AppConfig::__priv_test_new(false, host.clone(), addr),
+                    // HttpServer would pass the listener's host and address (through an API
+                    // actix-web keeps private); they only feed `connection_info()` for requests
+                    // without a Host header, which no route reads.
+                    |()| AppConfig::default(),
                 )
             };
             let signal = shutdown_signal.clone();
