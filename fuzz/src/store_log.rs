@@ -198,6 +198,7 @@ fn keys(file: &[u8]) -> (Vec<String>, Vec<String>) {
                     users.extend(t.user_id.map(str::to_owned));
                 }
                 Record::Purge(p) => id(p.id),
+                Record::Watermark(w) => users.push(w.user_id.to_owned()),
                 Record::Journal(j) => match j.op {
                     JournalBody::Put(p) => {
                         id(p.id);
@@ -231,6 +232,9 @@ struct View {
     journal_acked_seq: u64,
     lookups: Vec<(String, Lookup)>,
     listings: Vec<(String, Vec<Session>)>,
+    /// Each user's revoke-all watermark.
+    watermarks: Vec<(String, Option<i64>)>,
+    watermark_count: usize,
 }
 
 fn view(core: &StoreCore, ids: &[String], users: &[String]) -> View {
@@ -261,6 +265,8 @@ fn view(core: &StoreCore, ids: &[String], users: &[String]) -> View {
         journal_acked_seq: st.journal_acked_seq,
         lookups,
         listings,
+        watermarks: users.iter().map(|u| (u.clone(), reader.watermark(u, NOW))).collect(),
+        watermark_count: st.watermarks,
     }
 }
 
