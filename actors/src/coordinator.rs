@@ -35,7 +35,7 @@ use crate::messages::{
     SessionSource, Subscribe,
 };
 use crate::metrics::metrics;
-use crate::store::Lookup;
+use crate::redis_store::REPLAY_CHUNK;
 
 /// The most subscribers held at once; a further subscription is refused with a warning.
 pub const MAX_SUBSCRIBERS: usize = 1024;
@@ -440,24 +440,21 @@ impl Coordinator {
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or_default();
+            // Pipelined, a chunk per round trip (and per breaker call, bounded like a replay
+            // batch): one lookup per socket would keep the instance busy just when
+            // `service.recovered` goes out to every socket.
             let mut revoked = Vec::new();
-            let mut complete = true;
-            for sid in ids {
+            for chunk in ids.chunks(REPLAY_CHUNK) {
                 let redis = side.redis.clone();
-                let now = now_seconds();
-                let id = sid.clone();
-                let lookup = async move { redis.get(&id, now).await };
-                match side.breaker.call(side.op_timeout, lookup).await {
-                    Ok(Lookup::Revoked) => revoked.push(sid),
-                    Ok(_) => {}
+                let chunk = chunk.to_vec();
+                let lookups = async move { redis.revoked_among(&chunk, now_seconds()).await };
+                match side.breaker.call(side.op_timeout * 8, lookups).await {
+                    Ok(found) => revoked.extend(found),
                     // Redis is failing (or its breaker is open): retried on the next tick.
-                    Err(_) => {
-                        complete = false;
-                        break;
-                    }
+                    Err(_) => return (revoked, false),
                 }
             }
-            (revoked, complete)
+            (revoked, true)
         };
         ctx.spawn(fut.into_actor(self).map(|(revoked, complete), act, _ctx| {
             if let Some(r) = act.redis.as_mut() {

@@ -249,6 +249,43 @@ impl RedisStore {
         Ok(self.get_with_len(session_id, now).await?.0)
     }
 
+    /// Which of `ids` Redis holds as revoked (a live tombstone and no live session), looked
+    /// up [`REPLAY_CHUNK`] at a time in one round trip each (pipelined `get` scripts on one
+    /// connection): what an instance checks for every connected session after its event bus
+    /// subscription was down, without one round trip per socket.
+    pub async fn revoked_among(&self, ids: &[String], now: i64) -> Result<Vec<String>, RedisError> {
+        check_time("now", now)?;
+        let mut revoked = Vec::new();
+        if ids.is_empty() {
+            return Ok(revoked);
+        }
+        let k = &self.inner.keys;
+        let mut conn = self.conn().await?;
+        for chunk in ids.chunks(REPLAY_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for sid in chunk {
+                let (skey, rkey) = (k.session(sid), k.tomb(sid));
+                pipe.add_command(SCRIPTS.get.command(true, &[&skey, &rkey], &[Arg::Int(now)]));
+            }
+            let mut replies = self.query_replay(&pipe, &mut conn).await?;
+            if replies.iter().any(scripts::value_is_noscript) {
+                self.load_scripts(&mut conn).await?;
+                replies = self.query_replay(&pipe, &mut conn).await?;
+            }
+            for (sid, reply) in chunk.iter().zip(replies) {
+                if let Value::ServerError(e) = &reply {
+                    return Err(self.err("get", e));
+                }
+                let mut items = codec::array(reply).map_err(RedisError)?.into_iter();
+                if status(items.next())? == 2 {
+                    revoked.push(sid.clone());
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
     /// [`Self::get`], plus the length the session was created with when it is live (what the
     /// fallback store needs to mirror it).
     pub async fn get_with_len(

@@ -589,6 +589,32 @@ async fn a_replayed_create_of_a_revoked_id_is_reported_refused() {
 }
 
 #[tokio::test]
+async fn revoked_among_answers_the_revoked_ids_of_many_in_chunks() {
+    let server = RedisServer::start();
+    let st = store_on(&server);
+    let now = base_now();
+    // More ids than one chunk: live, revoked and unknown ones, after a script cache flush.
+    let ids: Vec<String> = (0..REPLAY_CHUNK + 44).map(|i| format!("m{i}")).collect();
+    let mut want = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        match i % 3 {
+            0 => {
+                st.create(&new_session(id, "u1", now + 100), now).await.unwrap();
+            }
+            1 => {
+                st.revoke(id, now).await.unwrap();
+                want.push(id.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut c = raw(&server).await;
+    redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut c).await.unwrap();
+    assert_eq!(st.revoked_among(&ids, now).await.unwrap(), want);
+    assert!(st.revoked_among(&[], now).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_revoke_all_refuses_creates_from_tokens_issued_at_or_before_it() {
     let server = RedisServer::start();
     let st = store_on(&server);
