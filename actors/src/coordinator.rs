@@ -334,6 +334,9 @@ impl Coordinator {
             // they were taken may never have left this instance (kept in memory while
             // degraded, lost if the process died since).
             let mut announce = Vec::new();
+            // Replayed creates that Redis refused (revoked meanwhile, by id or by a revoke-all):
+            // raised here too, since this instance's own sockets of them heard nothing.
+            let mut refused_here = Vec::new();
             let result = async {
                 loop {
                     let batch = store
@@ -346,6 +349,15 @@ impl Coordinator {
                     let n = batch.len();
                     let revocations: Vec<RaiseEvent> =
                         batch.iter().filter_map(|e| revocation_event(&e.op)).collect();
+                    let put_users: BTreeMap<String, String> = batch
+                        .iter()
+                        .filter_map(|e| match &e.op {
+                            JournalOp::Put { session, .. } => {
+                                Some((session.session_id.clone(), session.user_id.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect();
                     let refused = side
                         .breaker
                         .call(side.op_timeout * 8, async move { redis.replay(&batch, now).await })
@@ -356,6 +368,12 @@ impl Coordinator {
                     // elsewhere meanwhile) must not stay live in this instance's own store.
                     for sid in refused {
                         log::info!("replayed create refused by Redis (revoked): {sid}");
+                        refused_here.push(RaiseEvent {
+                            event: EventKind::SessionRevoked,
+                            session_id: Some(sid.clone()),
+                            user_id: put_users.get(&sid).cloned(),
+                            data: serde_json::json!({ "replayed": true }),
+                        });
                         store
                             .send(MirrorTomb {
                                 session_id: sid,
@@ -375,11 +393,16 @@ impl Coordinator {
                 Ok::<_, String>(())
             }
             .await;
-            (announce, result.map(|()| (replayed, started.elapsed())))
+            (announce, refused_here, result.map(|()| (replayed, started.elapsed())))
         };
-        ctx.spawn(fut.into_actor(self).map(|(announce, result), act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(|(announce, refused_here, result), act, ctx| {
             for event in announce {
                 act.announce(event, ctx);
+            }
+            // Local sockets and, through the bus, other instances' (a degraded one may hold a
+            // socket of it that no revocation named).
+            for event in refused_here {
+                act.raise(event, ctx);
             }
             if let Some(r) = act.redis.as_mut() {
                 r.replaying = false;

@@ -301,3 +301,40 @@ fn ws_a_revoke_all_held_back_by_an_outage_spares_sessions_created_after_it() {
     assert_now("the old session on B", || b.validate(&old).check_error(401, "session_revoked"));
     assert_now("the old session on A", || a.validate(&old).check_error(401, "session_revoked"));
 }
+
+#[test]
+fn ws_a_socket_of_a_journaled_create_refused_on_replay_is_closed_4001() {
+    // A takes a create while Redis is down and a socket opens on it. A is then paused (so it
+    // can neither replay nor hear anything) while Redis comes back and the user logs out
+    // everywhere through B, which never saw that session. When A resumes, Redis refuses the
+    // replayed create (the revoke-all's watermark): A's own socket must hear it and close.
+    let mut redis = RedisServer::start_durable();
+    let prefix = unique_prefix("ws-refused-put");
+    let a = Daemon::start(config(&redis, &prefix));
+    let b = Daemon::start(config(&redis, &prefix));
+    let probe = token("u-9", "rw-probe");
+    a.create_ok(&probe);
+
+    redis.kill9();
+    wait_for_mode(&a, &probe, "degraded");
+    let t = token("u-1", "rw-1");
+    a.create(&t).expect_status(201);
+    let (mut ws, welcome) = open(&a, &t);
+    assert_eq!(welcome["mode"], json!("degraded"), "{welcome}");
+
+    crate::harness::send_signal(a.pid(), libc::SIGSTOP);
+    redis.restart_keeping_data();
+    wait_for_mode(&b, &probe, "normal");
+    b.revoke_all("u-1").expect_status(200);
+    crate::harness::send_signal(a.pid(), libc::SIGCONT);
+
+    let (frames, end) = ws.until_close(Duration::from_secs(20));
+    assert!(
+        frames
+            .iter()
+            .any(|v| v["event"] == json!("session.revoked") && v["session_id"] == json!("rw-1")),
+        "no session.revoked for the refused create: {frames:?} then {end:?}"
+    );
+    assert!(matches!(end, Incoming::Close(Some(4001), _)), "{end:?} after {frames:?}");
+    assert_now("A, after its replay", || a.validate(&t).check_error(401, "session_revoked"));
+}
