@@ -546,8 +546,11 @@ impl Load {
         let n = self.shared.next_sid.fetch_add(1, Ordering::Relaxed);
         let sid = format!("s{n}");
         let user = format!("u{}", self.rng.below(USERS));
-        let tok = token(&user, &sid);
+        // The record starts before the token is minted: a revoke-all covers tokens issued in
+        // its second or earlier (the watermark), and the checker judges coverage by the
+        // create's start, which must then not be later than the token's `iat`.
         let rec = self.rec(inst, epoch, Action::Create, Some(&sid), &user);
+        let tok = token(&user, &sid);
         let r =
             client.req("POST", "/api/v1/sessions").key().json(&json!({"token": tok})).try_send();
         self.finish(rec, outcome(r));
