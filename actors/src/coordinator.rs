@@ -176,7 +176,7 @@ impl Coordinator {
             event: msg.event,
             session_id: msg.session_id,
             user_id: msg.user_id,
-            at_ms: now_millis(),
+            at_ms: msg.at_ms.unwrap_or_else(now_millis),
             data: msg.data,
         }
     }
@@ -247,6 +247,7 @@ impl Coordinator {
                 session_id: None,
                 user_id: None,
                 data: serde_json::json!({ "reason": why }),
+                at_ms: None,
             },
             ctx,
         );
@@ -373,6 +374,7 @@ impl Coordinator {
                             session_id: Some(sid.clone()),
                             user_id: put_users.get(&sid).cloned(),
                             data: serde_json::json!({ "replayed": true }),
+                            at_ms: None,
                         });
                         store
                             .send(MirrorTomb {
@@ -503,6 +505,7 @@ impl Coordinator {
                     session_id: Some(sid),
                     user_id: None,
                     data: serde_json::json!({ "reconciled": true }),
+                    at_ms: None,
                 });
                 act.fan_out(Arc::new(event));
             }
@@ -549,6 +552,7 @@ fn revocation_event(op: &JournalOp) -> Option<RaiseEvent> {
             session_id: Some(session_id.clone()),
             user_id: user_id.clone(),
             data: serde_json::json!({ "replayed": true }),
+            at_ms: None,
         }),
         // Not a revoke-all: a receiver would apply it to every session of the user it holds
         // now, including ones created after the revoke-all was taken, which Redis spares.
@@ -842,6 +846,7 @@ impl Handler<DeliverProbe> for Coordinator {
             session_id: Some(msg.session_id),
             user_id: Some(msg.user_id),
             data: serde_json::json!({ "self_test": true }),
+            at_ms: None,
         });
         let id = event.id.clone();
         msg.to.try_send(Deliver(Arc::new(event))).map_err(|e| format!("delivery failed: {e}"))?;
@@ -928,6 +933,28 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn an_event_keeps_the_time_its_raiser_gave_it() {
+        let coord = Coordinator::new("abc".into()).start();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        coord.send(Subscribe(Probe(tx).start().recipient())).await.unwrap();
+        for at_ms in [Some(1_795_000_000_999), None] {
+            coord
+                .send(RaiseEvent {
+                    event: EventKind::UserSessionsRevoked,
+                    session_id: None,
+                    user_id: Some("42".into()),
+                    data: serde_json::json!({}),
+                    at_ms,
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(rx.recv().await.unwrap().at_ms, 1_795_000_000_999);
+        let stamped = rx.recv().await.unwrap().at_ms;
+        assert!((now_millis() - stamped).abs() < 60_000, "{stamped}");
+    }
+
+    #[actix_rt::test]
     async fn events_get_unique_ids_and_reach_every_subscriber() {
         let coord = Coordinator::new("abc".into()).start();
         let (tx1, mut rx1) = tokio::sync::mpsc::unbounded_channel();
@@ -941,6 +968,7 @@ mod tests {
                     session_id: Some(sid.into()),
                     user_id: Some("42".into()),
                     data: serde_json::json!({}),
+                    at_ms: None,
                 })
                 .await
                 .unwrap();

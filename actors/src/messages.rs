@@ -158,6 +158,10 @@ pub struct RaiseEvent {
     pub user_id: Option<String>,
     /// Event-specific details.
     pub data: serde_json::Value,
+    /// When the write it announces was taken (Unix ms); `None`: when the Coordinator stamps
+    /// it. A revoke-all sets it, so that its receivers judge "created at or before it" by the
+    /// same second the stores' watermark used, not by when the event was stamped.
+    pub at_ms: Option<i64>,
 }
 
 /// Delivered by the Coordinator to every subscriber: one event, with its id.

@@ -13,7 +13,9 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 pub use crate::backend::DegradedPolicy;
-use crate::domain::{EventKind, Identity, NewSession, Session, UnixSeconds, now_seconds};
+use crate::domain::{
+    EventKind, Identity, NewSession, Session, UnixSeconds, now_millis, now_seconds,
+};
 use crate::health::{CheckHealth, ComponentHealth, HealthStatus, Ping};
 use crate::messages::{
     CreateFromToken, FetchSession, ListForUser, RaiseEvent, RefreshById, RevokeById, RevokeForUser,
@@ -210,7 +212,7 @@ impl Pipeline {
         user_id: Option<String>,
         data: serde_json::Value,
     ) {
-        self.events.do_send(RaiseEvent { event, session_id, user_id, data });
+        self.events.do_send(RaiseEvent { event, session_id, user_id, data, at_ms: None });
     }
 
     /// Token → identity → session, the answer of `POST /api/v1/sessions/validate`; counted
@@ -336,14 +338,18 @@ impl Pipeline {
 
     async fn revoke_user(&self, user_id: String) -> Result<usize, Failure> {
         check_id("user id", &user_id)?;
-        let ids =
-            self.backend.revoke_user(&user_id, now_seconds()).await.map_err(Failure::Store)?.value;
-        self.raise(
-            EventKind::UserSessionsRevoked,
-            None,
-            Some(user_id),
-            serde_json::json!({ "revoked": ids.len() }),
-        );
+        // One clock reading for the store (its watermark, in seconds) and the event (`at_ms`):
+        // receivers spare sessions created after the event's second, so both must agree.
+        let now_ms = now_millis();
+        let now = now_ms.div_euclid(1000);
+        let ids = self.backend.revoke_user(&user_id, now).await.map_err(Failure::Store)?.value;
+        self.events.do_send(RaiseEvent {
+            event: EventKind::UserSessionsRevoked,
+            session_id: None,
+            user_id: Some(user_id),
+            data: serde_json::json!({ "revoked": ids.len() }),
+            at_ms: Some(now_ms),
+        });
         Ok(ids.len())
     }
 }

@@ -729,6 +729,7 @@ mod tests {
             session_id: Some("s-1".into()),
             user_id: Some("u-1".into()),
             data: serde_json::json!({}),
+            at_ms: None,
         });
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
         match got {
