@@ -439,11 +439,12 @@ impl StoreCore {
         let marked = st.watermark(&new.identity.user_id, now).is_some_and(|at| issued <= at);
         drop(st);
         if marked {
-            // Taken while degraded, the revocation goes to Redis too (as a DELETE would).
+            // Taken while degraded, the revocation goes to Redis too (as a DELETE would);
+            // otherwise a tombstone until the session would have expired, as Redis keeps.
             let durable = if journal {
                 self.revoke_journaled(id, now).1
             } else {
-                self.tomb_refused(id, new.expires_at, now)
+                self.mirror_tomb(id, new.expires_at, now)
             };
             return (CreateOutcome::Revoked, durable);
         }
@@ -808,24 +809,6 @@ impl StoreCore {
         self.check_capacity();
         self.after_write(now);
         (live.into_iter().map(|(_, id, _)| id).collect(), durable)
-    }
-
-    /// Tombstones the id of a create refused by a revoke-all watermark until `until` (the
-    /// embedded store's answer; Redis does the same in its create script).
-    fn tomb_refused(&mut self, id: &str, until: UnixSeconds, now: UnixSeconds) -> Durable {
-        if until <= now || self.st().tombstone(id).is_some_and(|t| t >= until) {
-            return self.barrier();
-        }
-        self.scratch.clear();
-        if let Err(e) =
-            record::encode_frame(&mut self.scratch, &Record::Tomb(TombRecord::plain(id, until)))
-        {
-            return Durable::failed(store_err(e));
-        }
-        self.st_mut().put_tombstone(id, until);
-        let durable = self.submit_scratch();
-        self.after_write(now);
-        durable
     }
 
     /// Mirror (Redis mode): stores `session` as Redis holds it, replacing any session with
