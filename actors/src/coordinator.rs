@@ -35,7 +35,7 @@ use crate::messages::{
     SessionSource, Subscribe,
 };
 use crate::metrics::metrics;
-use crate::redis_store::REPLAY_CHUNK;
+use crate::redis_store::{REPLAY_CHUNK, RefusedCreate};
 
 /// The most subscribers held at once; a further subscription is refused with a warning.
 pub const MAX_SUBSCRIBERS: usize = 1024;
@@ -350,15 +350,6 @@ impl Coordinator {
                     let n = batch.len();
                     let revocations: Vec<RaiseEvent> =
                         batch.iter().filter_map(|e| revocation_event(&e.op)).collect();
-                    let put_users: BTreeMap<String, String> = batch
-                        .iter()
-                        .filter_map(|e| match &e.op {
-                            JournalOp::Put { session, .. } => {
-                                Some((session.session_id.clone(), session.user_id.clone()))
-                            }
-                            _ => None,
-                        })
-                        .collect();
                     let refused = side
                         .breaker
                         .call(side.op_timeout * 8, async move { redis.replay(&batch, now).await })
@@ -367,12 +358,12 @@ impl Coordinator {
                     announce.extend(revocations);
                     // A create taken here while degraded that Redis refuses (the id was revoked
                     // elsewhere meanwhile) must not stay live in this instance's own store.
-                    for sid in refused {
+                    for RefusedCreate { session_id: sid, user_id } in refused {
                         log::info!("replayed create refused by Redis (revoked): {sid}");
                         refused_here.push(RaiseEvent {
                             event: EventKind::SessionRevoked,
                             session_id: Some(sid.clone()),
-                            user_id: put_users.get(&sid).cloned(),
+                            user_id: Some(user_id),
                             data: serde_json::json!({ "replayed": true }),
                             at_ms: None,
                         });

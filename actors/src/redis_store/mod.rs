@@ -218,6 +218,7 @@ impl RedisStore {
                     Arg::Str(k.prefix()),
                     Arg::Int(issued),
                     Arg::Int(self.inner.max_ttl),
+                    Arg::Int(0),
                 ],
             )
             .await?;
@@ -268,11 +269,7 @@ impl RedisStore {
                 let (skey, rkey) = (k.session(sid), k.tomb(sid));
                 pipe.add_command(SCRIPTS.get.command(true, &[&skey, &rkey], &[Arg::Int(now)]));
             }
-            let mut replies = self.query_replay(&pipe, &mut conn).await?;
-            if replies.iter().any(scripts::value_is_noscript) {
-                self.load_scripts(&mut conn).await?;
-                replies = self.query_replay(&pipe, &mut conn).await?;
-            }
+            let replies = self.query_scripts(&pipe, &mut conn, "get").await?;
             for (sid, reply) in chunk.iter().zip(replies) {
                 if let Value::ServerError(e) = &reply {
                     return Err(self.err("get", e));
@@ -485,7 +482,7 @@ impl RedisStore {
         &self,
         entries: &[JournalEntry],
         now: i64,
-    ) -> Result<Vec<String>, RedisError> {
+    ) -> Result<Vec<RefusedCreate>, RedisError> {
         check_time("now", now)?;
         let mut refused = Vec::new();
         if entries.is_empty() {
@@ -500,14 +497,8 @@ impl RedisStore {
                 let spare = spared.get(&(n * REPLAY_CHUNK + i)).map_or(&[][..], Vec::as_slice);
                 pipe.add_command(self.replay_command(&entry.op, now, spare)?);
             }
-            let mut replies = self.query_replay(&pipe, &mut conn).await?;
-            if replies.iter().any(scripts::value_is_noscript) {
-                // The script cache was flushed (a restart, SCRIPT FLUSH): load them and send
-                // the chunk again; the entries before the failure are idempotent.
-                log::info!("redis does not hold the store's scripts; loading them");
-                self.load_scripts(&mut conn).await?;
-                replies = self.query_replay(&pipe, &mut conn).await?;
-            }
+            // The entries before a NOSCRIPT are idempotent: sending the chunk again is safe.
+            let replies = self.query_scripts(&pipe, &mut conn, "replay").await?;
             if let Some(Value::ServerError(e)) =
                 replies.iter().find(|v| matches!(v, Value::ServerError(_)))
             {
@@ -517,7 +508,10 @@ impl RedisStore {
                 if let JournalOp::Put { session, .. } = &entry.op
                     && create_refused_as_revoked(reply)
                 {
-                    refused.push(session.session_id.clone());
+                    refused.push(RefusedCreate {
+                        session_id: session.session_id.clone(),
+                        user_id: session.user_id.clone(),
+                    });
                 }
             }
         }
@@ -618,6 +612,7 @@ impl RedisStore {
                         prefix,
                         Arg::Int(issued),
                         Arg::Int(self.inner.max_ttl),
+                        Arg::Int(1),
                     ],
                 )
             }
@@ -657,12 +652,32 @@ impl RedisStore {
         Ok(cmd)
     }
 
-    async fn query_replay(
+    /// Sends a pipeline of script calls and answers one reply per call (errors included, as
+    /// values). When the server answers `NOSCRIPT` (its script cache was flushed: a restart,
+    /// `SCRIPT FLUSH`), the scripts are loaded and the whole pipeline is sent again, so its
+    /// calls must be safe to repeat.
+    async fn query_scripts(
         &self,
         pipe: &redis::Pipeline,
         conn: &mut deadpool_redis::Connection,
+        what: &str,
     ) -> Result<Vec<Value>, RedisError> {
-        let reply: Value = pipe.query_async(conn).await.map_err(|e| self.err("replay", &e))?;
+        let mut replies = self.query_pipeline(pipe, conn, what).await?;
+        if replies.iter().any(scripts::value_is_noscript) {
+            log::info!("redis does not hold the store's scripts; loading them");
+            self.load_scripts(conn).await?;
+            replies = self.query_pipeline(pipe, conn, what).await?;
+        }
+        Ok(replies)
+    }
+
+    async fn query_pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+        conn: &mut deadpool_redis::Connection,
+        what: &str,
+    ) -> Result<Vec<Value>, RedisError> {
+        let reply: Value = pipe.query_async(conn).await.map_err(|e| self.err(what, &e))?;
         codec::array(reply).map_err(RedisError)
     }
 
@@ -792,6 +807,15 @@ fn revoke_user_spares(entries: &[JournalEntry]) -> HashMap<usize, Vec<&str>> {
         }
     }
     out
+}
+
+/// A replayed `Put` that Redis refused as revoked (by id, or by a revoke-all's watermark).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedCreate {
+    /// The session id.
+    pub session_id: String,
+    /// Its user.
+    pub user_id: String,
 }
 
 /// Refuses times the scripts could not compute with exactly.

@@ -68,10 +68,12 @@ return {0}
 
 /// `create`, and `Put` on replay: KEYS session, tombstone, user index, user watermark; ARGV
 /// now, sid, uid, d, created_at, created_len, expires_at, grace, prefix, issued (the token's
-/// `iat`; `now`, or the replayed session's `created_at`, when it had none), max_ttl.
+/// `iat`; `now`, or the replayed session's `created_at`, when it had none), max_ttl, replay
+/// (1 for a replayed `Put`, else 0).
 /// Answers `{1}` created, `{2, d, e}` existing, `{3}` revoked (a tombstone, or, when the id is
 /// not live, a revoke-all of the user at or after `issued`: then the id is tombstoned until
-/// `expires_at`, so that it answers revoked everywhere), `{4}` conflict. A session that is already dead is stored too
+/// `expires_at`, so that it answers revoked everywhere, except on replay (ARGV 12 = 1) when a
+/// dead session is still held under it), `{4}` conflict. A session that is already dead is stored too
 /// (as the embedded store does), and kept until `now` + grace: a replayed `Expiry` that follows
 /// may bring it back.
 const CREATE: &str = concat!(
@@ -89,7 +91,9 @@ if ce and ce > now then
   return {4}
 end
 if mark_live(KEYS[4], tonumber(ARGV[10]), now, tonumber(ARGV[11])) then
-  put_tomb(KEYS[2], e, grace)
+  -- A replayed create whose session is still held, dead, was stored by an earlier replay of
+  -- the same journal (and then expired): no tombstone, or replaying twice would differ.
+  if not (ARGV[12] == '1' and cur[1]) then put_tomb(KEYS[2], e, grace) end
   return {3}
 end
 if cur[1] and cur[1] ~= uid then unindex(prefix, cur[1], sid) end

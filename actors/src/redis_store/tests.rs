@@ -583,7 +583,9 @@ async fn a_replayed_create_of_a_revoked_id_is_reported_refused() {
         )
         .await
         .unwrap();
-    assert_eq!(refused, ["gone"]);
+    let ids: Vec<&str> = refused.iter().map(|r| r.session_id.as_str()).collect();
+    assert_eq!(ids, ["gone"]);
+    assert_eq!(refused[0].user_id, "u1");
     assert_eq!(st.get("gone", now).await.unwrap(), Lookup::Revoked);
     assert_eq!(live(st.get("fresh", now).await.unwrap()).created_at, now);
 }
@@ -686,7 +688,8 @@ async fn a_replayed_create_from_a_token_issued_before_a_revoke_all_is_reported_r
         )
         .await
         .unwrap();
-    assert_eq!(refused, ["before", "no-iat"]);
+    let ids: Vec<&str> = refused.iter().map(|r| r.session_id.as_str()).collect();
+    assert_eq!(ids, ["before", "no-iat"]);
     assert_eq!(st.get("before", now + 1).await.unwrap(), Lookup::Revoked);
     assert!(matches!(st.get("after", now + 1).await.unwrap(), Lookup::Live(_)));
 }
