@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Client, Daemon, Resp, poll_until};
+use crate::harness::{Client, Config, Daemon, Resp, poll_until};
 use crate::redis_server::*;
 use crate::tokens::{enhanced, hs256, now};
 
@@ -273,25 +273,43 @@ fn a_full_journal_refuses_writes_with_503_and_loses_none_it_took() {
     });
 }
 
+/// Two instances on one durable Redis, where A took the create of `token` (user `u-1`, session
+/// `<ids>-1`) while Redis was down and was `kill -9`ed before replaying it; Redis is back with
+/// its data, A is still down, B never saw the session. `probe` (user `u-0`) is known to both.
+struct UnreplayedCreate {
+    redis: RedisServer,
+    a: Daemon,
+    b: Daemon,
+    probe: String,
+    token: String,
+    config: Config,
+}
+
+impl UnreplayedCreate {
+    fn new(name: &str, ids: &str) -> UnreplayedCreate {
+        let mut redis = RedisServer::start_durable();
+        let config = steady_redis_config(&redis, &unique_prefix(name));
+        let mut a = Daemon::start(config.clone());
+        let b = Daemon::start(config.clone());
+        let probe = token("u-0", &format!("{ids}-probe"));
+        let t = token("u-1", &format!("{ids}-1"));
+        a.create_ok(&probe);
+        redis.kill9();
+        wait_for_mode(&a, &probe, "degraded");
+        a.create(&t).expect_status(201);
+        a.kill9();
+        redis.restart_keeping_data();
+        UnreplayedCreate { redis, a, b, probe, token: t, config }
+    }
+}
+
 #[test]
 fn a_journaled_create_that_redis_refuses_on_replay_is_revoked_locally_too() {
     // A takes a create while Redis is down and crashes before replaying it; meanwhile the id
     // is revoked in Redis through B. When A replays, Redis refuses the create: A's own store
     // must not keep the session live, or A would accept it in the next outage.
-    let mut redis = RedisServer::start_durable();
-    let prefix = unique_prefix("refused-put");
-    let config = redis_config(&redis, &prefix, "jwt_only").set("breaker.op_timeout_ms", "2000");
-    let mut a = Daemon::start(config.clone());
-    let b = Daemon::start(config);
-    let probe = token("u-0", "rp-probe");
-    let t = token("u-1", "rp-1");
-    a.create_ok(&probe);
-
-    redis.kill9();
-    wait_for_mode(&a, &probe, "degraded");
-    a.create(&t).expect_status(201);
-    a.kill9();
-    redis.restart_keeping_data();
+    let UnreplayedCreate { mut redis, mut a, b, probe, token: t, .. } =
+        UnreplayedCreate::new("refused-put", "rp");
     b.revoke("rp-1").expect_status(200);
     a.restart();
     // Normal again once the journal is replayed. (No validation of rp-1 now: a normal-mode
@@ -309,20 +327,8 @@ fn a_create_journaled_before_another_instances_revoke_all_does_not_survive_its_r
     // A takes a create while Redis is down and dies before replaying it; meanwhile the user
     // logs out everywhere through B, which never saw that session. When A replays, the
     // revoke-all's watermark in Redis refuses the create: the session is revoked everywhere.
-    let mut redis = RedisServer::start_durable();
-    let prefix = unique_prefix("journaled-vs-revoke-all");
-    let config = steady_redis_config(&redis, &prefix);
-    let mut a = Daemon::start(config.clone());
-    let b = Daemon::start(config.clone());
-    let probe = token("u-0", "jr-probe");
-    let t = token("u-1", "jr-1");
-    a.create_ok(&probe);
-
-    redis.kill9();
-    wait_for_mode(&a, &probe, "degraded");
-    a.create(&t).expect_status(201);
-    a.kill9();
-    redis.restart_keeping_data();
+    let UnreplayedCreate { redis: _redis, mut a, b, probe, token: t, config } =
+        UnreplayedCreate::new("journaled-vs-revoke-all", "jr");
     wait_for_mode(&b, &probe, "normal");
     b.revoke_all("u-1").expect_status(200);
     a.restart();
